@@ -3,13 +3,15 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# DVC stage commands call `python`: make it the venv's.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 # Keep every tool's state inside the project and quiet (no network here).
 export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export MUSIC21_SCRATCH ?= /tmp/music21
 
-.PHONY: install repro test lint clean-venv
+.PHONY: install repro test lint clean-venv prefect-up prefect-down prefect-run
 
 install: $(VENV)/.installed
 
@@ -33,3 +35,43 @@ lint: install
 
 clean-venv:
 	rm -rf $(VENV)
+
+# --- Prefect (flows/): a local server + the process serving deployment smdim/full ---
+# State, PIDs and logs live in .prefect/ (PREFECT_HOME). Each process gets its own process group
+# (setsid), so prefect-down stops it and its children by PID.
+PREFECT_PORT ?= 4200
+PREFECT_URL := http://127.0.0.1:$(PREFECT_PORT)/api
+
+prefect-up: install
+	@mkdir -p $(PREFECT_HOME)
+	@if [ -f $(PREFECT_HOME)/server.pid ] && kill -0 $$(cat $(PREFECT_HOME)/server.pid) 2>/dev/null; then \
+	  echo "prefect server already running (PID $$(cat $(PREFECT_HOME)/server.pid))"; \
+	else \
+	  setsid $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) \
+	    > $(PREFECT_HOME)/server.log 2>&1 < /dev/null & echo $$! > $(PREFECT_HOME)/server.pid; \
+	fi
+	@for i in $$(seq 120); do \
+	  $(BIN)/python -c "import urllib.request as u; u.urlopen('$(PREFECT_URL)/health', timeout=2)" 2>/dev/null && break; \
+	  if [ $$i = 120 ]; then echo "prefect server not healthy after 120 s: see $(PREFECT_HOME)/server.log"; exit 1; fi; \
+	  sleep 1; \
+	done
+	@if [ -f $(PREFECT_HOME)/serve.pid ] && kill -0 $$(cat $(PREFECT_HOME)/serve.pid) 2>/dev/null; then \
+	  echo "deployment smdim/full already served (PID $$(cat $(PREFECT_HOME)/serve.pid))"; \
+	else \
+	  PREFECT_API_URL=$(PREFECT_URL) setsid $(BIN)/python -m flows.serve --project-dir $(CURDIR) \
+	    > $(PREFECT_HOME)/serve.log 2>&1 < /dev/null & echo $$! > $(PREFECT_HOME)/serve.pid; \
+	fi
+	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  (logs: $(PREFECT_HOME)/server.log, serve.log)"
+	@echo "Run: make prefect-run   or   PREFECT_API_URL=$(PREFECT_URL) $(BIN)/prefect deployment run smdim/full --watch"
+
+prefect-run: install
+	PREFECT_API_URL=$(PREFECT_URL) $(BIN)/prefect deployment run smdim/full --watch
+
+prefect-down:
+	@for name in serve server; do \
+	  f=$(PREFECT_HOME)/$$name.pid; \
+	  if [ -f $$f ] && kill -0 $$(cat $$f) 2>/dev/null; then \
+	    kill -TERM -- -$$(cat $$f) && echo "stopped $$name (PID $$(cat $$f))"; \
+	  fi; \
+	  rm -f $$f; \
+	done

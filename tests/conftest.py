@@ -62,7 +62,7 @@ def make_project(tmp_path: Path):
     def _make(overrides: dict | None = None, name: str = "proj") -> Path:
         proj = tmp_path / name
         proj.mkdir()
-        for item in ("dvc.yaml", "smdim", "pipeline", "flows"):
+        for item in ("dvc.yaml", ".dvcignore", "smdim", "pipeline", "flows"):
             src = ROOT / item
             if src.is_dir():
                 shutil.copytree(src, proj / item, ignore=shutil.ignore_patterns("__pycache__"))

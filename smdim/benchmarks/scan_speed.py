@@ -1,0 +1,58 @@
+"""Fast chunked CPU scan vs the sequential reference: forward + backward time per length."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from smdim.benchmarks.config import BenchmarkConfig
+from smdim.model.scan import selective_scan_fast, selective_scan_ref
+
+
+def _inputs(batch: int, d: int, n: int, length: int) -> list[torch.Tensor]:
+    """Random scan inputs shaped like one Mamba layer's, with grads enabled."""
+    g = torch.Generator().manual_seed(length)
+    u = torch.randn(batch, d, length, generator=g)
+    delta = torch.randn(batch, d, length, generator=g) - 4.0  # softplus -> dt ~ 0.02, as at init
+    A = -torch.arange(1, n + 1, dtype=torch.float32).repeat(d, 1)
+    B = torch.randn(batch, n, length, generator=g)
+    C = torch.randn(batch, n, length, generator=g)
+    return [t.requires_grad_() for t in (u, delta, A, B, C)]
+
+
+def time_scan(fn, batch: int, d: int, n: int, length: int) -> float:
+    """Seconds for one forward + backward of `fn` (delta_softplus on, as in Mamba)."""
+    ins = _inputs(batch, d, n, length)
+    t0 = time.perf_counter()
+    out = fn(*ins, delta_softplus=True)
+    out.square().sum().backward()
+    return time.perf_counter() - t0
+
+
+def run_scan_speed(cfg: BenchmarkConfig, progress: bool = True) -> dict[str, Any]:
+    """Per length: fast time (min of 2), reference time if predicted within budget, speed-up."""
+    from tqdm.auto import tqdm
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    b, d, n = cfg.scan_batch, cfg.scan_d_inner, cfg.d_state
+    rows: dict[str, Any] = {}
+    ref_done: tuple[int, float] | None = None
+    for length in tqdm(sorted(cfg.scan_lengths), desc="scan speed", disable=not progress):
+        fast = min(time_scan(selective_scan_fast, b, d, n, length) for _ in range(2))
+        row: dict[str, Any] = {"fast_s": fast}
+        # The reference is a Python loop over positions: its time is linear in L.
+        predicted = None if ref_done is None else ref_done[1] * length / ref_done[0]
+        if predicted is None or predicted <= cfg.scan_ref_budget:
+            ref = time_scan(selective_scan_ref, b, d, n, length)
+            ref_done = (length, ref)
+            row.update(ref_s=ref, ref_status="measured", speedup=ref / fast)
+        else:
+            row.update(
+                ref_s=predicted, ref_status=f"extrapolated linearly from L={ref_done[0]} (over scan_ref_budget)",
+                speedup=predicted / fast,
+            )
+        rows[str(length)] = row
+    return {"batch": b, "d_inner": d, "d_state": n, "lengths": rows}

@@ -1,0 +1,143 @@
+"""`smdim` command line: generate a piece, or infill bars of a MIDI file, from a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from smdim.errors import SmdimError
+
+# Kept in sync with smdim.sampling.samplers.METHODS (not imported: `smdim --help` stays instant).
+METHODS = ("ancestral", "cached", "confidence")
+
+
+def _bars(text: str) -> tuple[int, int]:
+    """'5-8' -> (5, 8); '5' -> (5, 5)."""
+    try:
+        first, _, last = text.partition("-")
+        span = (int(first), int(last or first))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected bars like 5-8 or 5, got {text!r}") from None
+    if span[0] < 1 or span[1] < span[0]:
+        raise argparse.ArgumentTypeError(f"expected 1 <= first <= last, got {text!r}")
+    return span
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default="models/model.pt", help="trained denoiser (default: %(default)s)")
+    p.add_argument("--out", required=True, type=Path, help="output MIDI file")
+    p.add_argument("--method", choices=METHODS, default="cached", help="sampler (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=64, help="denoising steps (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature, 0 = greedy")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--pitch-range", type=int, nargs=2, metavar=("LO", "HI"), help="allowed MIDI pitches")
+    p.add_argument("--max-polyphony", type=int, metavar="K", help="max notes starting together")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: %(default)s)")
+    p.add_argument("--png", action="store_true", help="also write a piano roll next to --out")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of `smdim`."""
+    ap = argparse.ArgumentParser(prog="smdim", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="generate a new piece")
+    _sampling_args(g)
+    g.add_argument("--tokens", type=int, default=512, help="tokens to generate (default: %(default)s)")
+    g.add_argument("--bars", type=int, help="keep the first BARS bars of the generated tokens")
+    i = sub.add_parser("infill", help="regenerate bars of an existing MIDI file, keeping the rest")
+    _sampling_args(i)
+    i.add_argument("--midi", required=True, type=Path, help="input MIDI file")
+    i.add_argument("--bars", required=True, type=_bars, help="bars to regenerate, 1-based inclusive: 5-8")
+    i.add_argument("--context", type=int, default=1024,
+                   help="max tokens around the span fed to the model (default: %(default)s)")
+    return ap
+
+
+def generate(args: argparse.Namespace) -> None:
+    """`smdim generate`: sample --tokens tokens, keep --bars bars, write MIDI (and PNG)."""
+    import torch
+
+    from smdim.sampling.composer import count_bars, keep_bars, load_composer
+
+    if args.tokens < 1 or (args.bars is not None and args.bars < 1):
+        raise SmdimError("--tokens and --bars must be >= 1")
+    c = load_composer(args.checkpoint, _device(args.device))
+    g = torch.Generator(device=c.device).manual_seed(args.seed)
+    [piece] = c.generate(1, args.tokens, generator=g, **_sampler_kw(args, c))
+    ids = piece.ids
+    if args.bars:
+        ids = keep_bars(ids, c.bar_ids, args.bars)
+        if count_bars(ids, c.bar_ids) < args.bars:
+            print(f"warning: only {count_bars(ids, c.bar_ids)} bars in {args.tokens} tokens; "
+                  "raise --tokens for more", file=sys.stderr)
+    _write(c, ids, args)
+
+
+def infill(args: argparse.Namespace) -> None:
+    """`smdim infill`: regenerate bars FIRST-LAST of --midi with everything else fixed."""
+    import torch
+
+    from smdim.sampling.composer import load_composer
+    from smdim.sampling.conditioning import bar_infill_fixed
+    from smdim.tokenization.encode import encode_file
+
+    if not args.midi.is_file():
+        raise SmdimError(f"{args.midi}: MIDI file not found")
+    c = load_composer(args.checkpoint, _device(args.device))
+    try:
+        tokens = encode_file(c.tokenizer, args.midi)
+    except Exception as e:  # symusic/miditok raise assorted errors on broken files
+        raise SmdimError(f"{args.midi}: cannot read MIDI ({type(e).__name__}: {e})") from None
+    first, last = args.bars
+    fixed, (start, end) = bar_infill_fixed(tokens, c.bar_ids, first, last)
+    # Feed a window of at most --context tokens around the span (the span itself always fits).
+    margin = max(args.context - (end - start), 0)
+    lo = max(0, start - margin // 2)
+    hi = min(len(tokens), end + (margin - (start - lo)))
+    lo = max(0, min(lo, hi - max(args.context, end - start)))
+    g = torch.Generator(device=c.device).manual_seed(args.seed)
+    kw = _sampler_kw(args, c, ban_prefixes=("Bar_",))  # Bar tokens stay where they are
+    [piece] = c.generate(1, hi - lo, generator=g, fixed=fixed[0, lo:hi], **kw)
+    _write(c, tokens[:lo] + piece.ids + tokens[hi:], args)
+
+
+def _sampler_kw(args, composer, ban_prefixes=()) -> dict:
+    from smdim.sampling.composer import constraints_for
+
+    if args.steps < 1:
+        raise SmdimError("--steps must be >= 1")
+    return {
+        "method": args.method,
+        "steps": args.steps,
+        "temperature": args.temperature,
+        "constraints": constraints_for(composer, args.pitch_range, args.max_polyphony, ban_prefixes),
+    }
+
+
+def _device(name: str) -> str:
+    from smdim.stage import resolve_device
+
+    return resolve_device(name)
+
+
+def _write(composer, ids: list[int], args: argparse.Namespace) -> None:
+    from smdim.render.pianoroll import save_pianoroll
+    from smdim.tokenization.decode import write_midi
+
+    write_midi(composer.tokenizer, ids, args.out)
+    if args.png:
+        save_pianoroll(args.out, args.out.with_suffix(".png"), title=args.out.name)
+    print(f"wrote {args.out} ({len(ids)} tokens)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `smdim` console script."""
+    from smdim.stage import run_stage
+
+    args = parser().parse_args(argv)
+    run_stage(lambda: {"generate": generate, "infill": infill}[args.command](args))
+
+
+if __name__ == "__main__":
+    main()

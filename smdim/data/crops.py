@@ -1,0 +1,123 @@
+"""Training windows: deterministic, Bar-aligned random crops of `seq_len` tokens from the shards.
+
+The batch at step k is a pure function of (seed, k): resuming at step k reproduces the exact data
+order, and every DDP rank can rebuild the same global batch and keep its own slice of rows.
+
+Short pieces are padded with PAD (id 0) and a `pad_mask` (True = real token) instead of being
+packed: the denoiser is bidirectional, so packing would let attention and the Mamba scans mix
+unrelated pieces inside one window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from smdim.errors import SmdimError
+
+# Streams keep train crops, validation crops and other per-step randomness independent.
+TRAIN_STREAM = 0
+VALID_STREAM = 1
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch of windows: `tokens` (B, L) int64, `pad_mask` (B, L) bool (True = real token)."""
+
+    tokens: torch.Tensor
+    pad_mask: torch.Tensor
+
+    def rows(self, start: int, stop: int) -> Batch:
+        """Rows [start, stop) of the batch (a DDP rank's share)."""
+        return Batch(self.tokens[start:stop], self.pad_mask[start:stop])
+
+
+def step_rng(seed: int, step: int, stream: int) -> np.random.Generator:
+    """A numpy Generator that depends only on (seed, step, stream), never on history."""
+    return np.random.default_rng(np.random.SeedSequence([seed % 2**63, step, stream]))
+
+
+class CropSampler:
+    """Random `seq_len` windows from a set of token streams, starting at a Bar token when possible.
+
+    Pieces are drawn with probability proportional to the number of windows they hold
+    (ceil(n_tokens / seq_len)), so every token is seen about equally often whether it sits in a
+    short folk tune or a long chorale. A window starts at a uniformly chosen Bar token among
+    those that leave a full window; a piece with no such Bar (shorter than `seq_len`, or a
+    very long bar) starts at token 0 when short and at a uniform offset otherwise.
+    """
+
+    def __init__(self, pieces: list[np.ndarray], seq_len: int, bar_id: int, pad_id: int = 0):
+        if seq_len < 1:
+            raise SmdimError(f"train.seq_len={seq_len}: must be >= 1")
+        pieces = [np.asarray(p, dtype=np.int64) for p in pieces if len(p) > 0]
+        if not pieces:
+            raise SmdimError("no non-empty pieces to crop from; check data/tokens (dvc repro tokenize)")
+        self.seq_len = seq_len
+        self.pad_id = pad_id
+        # One flat array + offsets: compact even for 10^8 tokens.
+        self.lengths = np.array([len(p) for p in pieces], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
+        self.flat = np.concatenate(pieces)
+        windows = np.ceil(self.lengths / seq_len)
+        self.probs = windows / windows.sum()
+        # Per piece: Bar positions that leave a full window after them.
+        self.bar_starts = []
+        for p, n in zip(pieces, self.lengths, strict=True):
+            bars = np.flatnonzero(p == bar_id)
+            self.bar_starts.append(bars[bars <= n - seq_len])
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def n_tokens(self) -> int:
+        """Total number of tokens in the pieces."""
+        return int(self.lengths.sum())
+
+    def batch(self, seed: int, step: int, batch_size: int, stream: int = TRAIN_STREAM) -> Batch:
+        """The global batch at `step`: a pure function of (seed, step, stream, batch_size)."""
+        rng = step_rng(seed, step, stream)
+        L = self.seq_len
+        tokens = np.full((batch_size, L), self.pad_id, dtype=np.int64)  # (B, L)
+        mask = np.zeros((batch_size, L), dtype=bool)  # (B, L)
+        picks = rng.choice(len(self.lengths), size=batch_size, p=self.probs)
+        for row, i in enumerate(picks):
+            n = int(self.lengths[i])
+            bars = self.bar_starts[i]
+            if len(bars):
+                start = int(bars[rng.integers(len(bars))])
+            elif n > L:
+                start = int(rng.integers(n - L + 1))
+            else:
+                start = 0
+            k = min(L, n - start)
+            o = int(self.offsets[i]) + start
+            tokens[row, :k] = self.flat[o : o + k]
+            mask[row, :k] = True
+        return Batch(torch.from_numpy(tokens), torch.from_numpy(mask))
+
+
+def load_pieces(tokens_dir: str | Path, split: str) -> list[np.ndarray]:
+    """Token streams of one split of the Parquet shards in `tokens_dir`."""
+    from smdim.data.shards import read_shards
+
+    df = read_shards(tokens_dir, split=split, columns=["tokens"])
+    pieces = [np.asarray(t, dtype=np.int64) for t in df["tokens"]]
+    pieces = [p for p in pieces if len(p)]
+    if not pieces:
+        raise SmdimError(
+            f"{tokens_dir}: no pieces in split '{split}'; use a larger corpus or check the "
+            "tokenize split parameters"
+        )
+    return pieces
+
+
+def validation_batches(
+    sampler: CropSampler, seed: int, n_batches: int, batch_size: int
+) -> list[Batch]:
+    """A fixed list of validation batches (the same at every evaluation and after resume)."""
+    return [sampler.batch(seed, i, batch_size, stream=VALID_STREAM) for i in range(n_batches)]

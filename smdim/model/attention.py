@@ -1,0 +1,46 @@
+"""Multi-head self-attention with rotary position embeddings (RoPE).
+
+Rotary rather than learned positions: RoPE encodes only relative offsets and has no table to
+outgrow, so a model trained on crops of one length still runs (and generalises better than a
+learned table, which simply has no entries) on longer sequences at sampling time.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def rotary(x: Tensor, base: float = 10000.0) -> Tensor:
+    """Rotate pairs of features by position-dependent angles; x: (B, H, L, hd), hd even."""
+    L, hd = x.shape[-2], x.shape[-1]
+    inv_freq = base ** (-torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd)
+    angles = torch.arange(L, device=x.device, dtype=torch.float32)[:, None] * inv_freq  # (L, hd/2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]  # (B, H, L, hd/2)
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.flatten(-2)
+
+
+class SelfAttention(nn.Module):
+    """Bidirectional multi-head attention via F.scaled_dot_product_attention."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.proj = nn.Linear(d_model, d_model, bias=False)
+        self.dropout = dropout
+
+    def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        """x: (B, L, D); key_mask: (B, L) True = may be attended to. Returns (B, L, D)."""
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        q, k = rotary(q), rotary(k)  # (B, H, L, hd)
+        mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, L)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, L, hd)
+        return self.proj(y.transpose(1, 2).reshape(B, L, D))

@@ -1,0 +1,57 @@
+"""Denoiser checkpoints: the config that rebuilds the model, its weights, and caller extras."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from smdim.config import build, to_dict
+from smdim.errors import ConfigError, SmdimError
+from smdim.io import atomic_path
+from smdim.model.config import ModelConfig
+from smdim.model.denoiser import Denoiser
+
+FORMAT = "smdim-denoiser/1"  # bump when the layout changes incompatibly
+
+
+def save_checkpoint(path: str | os.PathLike, model: Denoiser, **extra: Any) -> None:
+    """Write {format, config, state_dict, extra} atomically (extra values must be JSON-able)."""
+    payload = {
+        "format": FORMAT,
+        "config": to_dict(model.cfg),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": extra,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> tuple[Denoiser, dict]:
+    """Rebuild the Denoiser from a checkpoint; returns (model in eval mode, extra dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SmdimError(f"{path}: checkpoint not found; run `dvc repro train` or fix the path")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise SmdimError(f"{path}: not a readable checkpoint ({reason}); delete it and retrain") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise SmdimError(f"{path}: not an smdim denoiser checkpoint (expected format {FORMAT})")
+    try:
+        cfg = build(ModelConfig, payload["config"], f"{path}:config")
+    except ConfigError as e:
+        raise SmdimError(f"{e}; the checkpoint is from an incompatible smdim version") from None
+    model = Denoiser(cfg)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as e:
+        first = str(e).splitlines()[0][:160]
+        raise SmdimError(f"{path}: weights do not match its config ({first})") from None
+    model.to(map_location).eval()
+    return model, dict(payload.get("extra", {}))

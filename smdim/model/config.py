@@ -1,0 +1,50 @@
+"""Typed configuration of the denoiser (params.yaml `model` section)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+BlockType = Literal["mfa", "afm", "fma", "mfa2sa", "mamba", "transformer"]
+BLOCK_TYPES: tuple[str, ...] = ("mfa", "afm", "fma", "mfa2sa", "mamba", "transformer")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 0  # filled in by training from the tokenizer (len(tokenizer)); 0 = unset
+    block: BlockType = "mfa"  # sublayer order per block: mfa | afm | fma | mfa2sa | mamba | transformer
+    d_model: int = 128  # residual width (features per position after the strided conv)
+    n_heads: int = 4  # attention heads; d_model must be divisible by it (head dim even for rotary)
+    n_blocks: int = 2  # number of blocks (depth)
+    stride: int = 4  # Conv1d stride = kernel: attention/Mamba run on ceil(L / stride) positions
+    mamba_layers: int = 1  # Mamba layers inside each block that has one
+    d_state: int = 16  # SSM state size N per channel
+    d_conv: int = 4  # depthwise causal conv width inside Mamba
+    expand: int = 2  # Mamba inner width = expand * d_model
+    bidirectional: bool = True  # forward + reversed scan summed (non-causal denoiser)
+    ffn_mult: int = 4  # FFN hidden width = ffn_mult * d_model
+    dropout: float = 0.0  # dropout after attention, FFN and Mamba sublayers, in [0, 1)
+    skip: bool = True  # add the token embedding to the upsampled features (keeps token identity)
+    time_cond: bool = False  # add an embedding of t; off keeps the sampler's cache valid
+    scan_chunk: int = 32  # positions per chunk of the CPU chunked scan (speed only, same result)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.vocab_size >= 0, "vocab_size must be >= 0"),
+            (self.d_model >= 1, "d_model must be >= 1"),
+            (self.n_heads >= 1, "n_heads must be >= 1"),
+            (self.d_model % self.n_heads == 0, f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}"),
+            ((self.d_model // max(self.n_heads, 1)) % 2 == 0, "head dim d_model/n_heads must be even (rotary)"),
+            (self.n_blocks >= 1, "n_blocks must be >= 1"),
+            (self.stride >= 1, "stride must be >= 1"),
+            (self.mamba_layers >= 1, "mamba_layers must be >= 1"),
+            (self.d_state >= 1, "d_state must be >= 1"),
+            (self.d_conv >= 1, "d_conv must be >= 1"),
+            (self.expand >= 1, "expand must be >= 1"),
+            (self.ffn_mult >= 1, "ffn_mult must be >= 1"),
+            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+            (self.scan_chunk >= 2, "scan_chunk must be >= 2"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)

@@ -1,0 +1,118 @@
+"""SMDIM denoiser: tokens (B, L) -> logits over the vocabulary (B, L, V).
+
+    embed (B, L, D)
+      -> strided Conv1d, kernel = stride = s: (B, ceil(L/s), D)   attention now costs (L/s)^2
+      -> n_blocks x Block (mfa by default)
+      -> ConvTranspose1d back to (B, L, D) (+ the embedding, a skip that keeps token identity)
+      -> LayerNorm -> Linear head (B, L, V)
+
+The head scores every class including MASK and PAD: the x0-parameterised loss and the samplers
+(smdim.diffusion / smdim.sampling) exclude MASK, so the network stays a plain classifier.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from smdim.errors import SmdimError
+from smdim.model.blocks import Block
+from smdim.model.config import ModelConfig
+
+
+def time_embedding(t: Tensor, dim: int) -> Tensor:
+    """Sinusoidal features of t in [0, 1]: (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
+    angles = 1000.0 * t.float()[:, None] * freqs  # (B, half)
+    emb = torch.cat([angles.sin(), angles.cos()], dim=-1)
+    return F.pad(emb, (0, dim - 2 * half))
+
+
+class Denoiser(nn.Module):
+    """x0-predicting network for absorbing diffusion; any length L >= 1."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.vocab_size < 1:
+            raise SmdimError("model.vocab_size is 0; set it from the tokenizer (len(tokenizer)) before building")
+        self.cfg = cfg
+        D, s = cfg.d_model, cfg.stride
+        self.embed = nn.Embedding(cfg.vocab_size, D)
+        self.down = nn.Conv1d(D, D, kernel_size=s, stride=s)
+        self.time_mlp = (
+            nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D)) if cfg.time_cond else None
+        )
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_blocks))
+        self.up = nn.ConvTranspose1d(D, D, kernel_size=s, stride=s)
+        self.norm = nn.LayerNorm(D)
+        self.head = nn.Linear(D, cfg.vocab_size)
+
+    @property
+    def uses_time(self) -> bool:
+        """Whether forward reads t (if not, a cached sampler may skip unchanged steps)."""
+        return self.cfg.time_cond
+
+    def forward(self, x: Tensor, t: Tensor | None = None, pad_mask: Tensor | None = None) -> Tensor:
+        """x: (B, L) token ids; t: (B,) in [0, 1]; pad_mask: (B, L) True = real token."""
+        B, L = x.shape
+        s = self.cfg.stride
+        lengths = _right_padded_lengths(pad_mask)  # (B,) or None
+        emb = self.embed(x)  # (B, L, D)
+        if pad_mask is not None:
+            emb = emb * pad_mask[..., None]
+        Ls = -(-L // s)  # ceil(L / s) positions after the strided conv
+        h = F.pad(emb, (0, 0, 0, Ls * s - L))  # (B, Ls*s, D): zero tail
+        h = strided_conv(h, self.down.weight, self.down.bias)  # (B, Ls, D)
+        # A coarse position is real if any of its s tokens is (right padding keeps a prefix).
+        mask_s = None if lengths is None else torch.arange(Ls, device=x.device) < -(-lengths[:, None] // s)
+        lengths_s = None if lengths is None else -(-lengths // s)
+        if self.time_mlp is not None:
+            if t is None:
+                raise SmdimError("model.time_cond is true but the denoiser got no t; pass t in [0, 1]")
+            h = h + self.time_mlp(time_embedding(t, self.cfg.d_model))[:, None, :]
+        if mask_s is not None:
+            h = h * mask_s[..., None]
+        for block in self.blocks:
+            h = block(h, mask_s, lengths_s)  # (B, Ls, D)
+        h = transposed_conv(h, self.up.weight, self.up.bias)[:, :L]  # (B, L, D): crop the tail
+        if self.cfg.skip:
+            h = h + emb
+        if pad_mask is not None:
+            h = h * pad_mask[..., None]
+        return self.head(self.norm(h))  # (B, L, V)
+
+
+# Both convolutions have kernel == stride, so they are reshapes around one matmul; written that
+# way because CPU autograd of Conv1d/ConvTranspose1d is far slower than a Linear of the same size.
+def strided_conv(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """Conv1d with kernel = stride = s on (B, Ls*s, Din) -> (B, Ls, Dout); weight (Dout, Din, s)."""
+    B, Lp, Din = h.shape
+    s = weight.shape[-1]
+    windows = h.view(B, Lp // s, s, Din).transpose(2, 3).reshape(B, Lp // s, Din * s)
+    return F.linear(windows, weight.reshape(weight.shape[0], Din * s), bias)
+
+
+def transposed_conv(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """ConvTranspose1d with kernel = stride = s: (B, Ls, Din) -> (B, Ls*s, Dout); weight (Din, Dout, s)."""
+    B, Ls, Din = h.shape
+    Dout, s = weight.shape[1], weight.shape[2]
+    out = (h @ weight.reshape(Din, Dout * s)).view(B, Ls, Dout, s).transpose(2, 3)  # (B, Ls, s, Dout)
+    return out.reshape(B, Ls * s, Dout) + bias
+
+
+def _right_padded_lengths(pad_mask: Tensor | None) -> Tensor | None:
+    """Lengths of a right-padding mask (True prefix per row); other masks are an error."""
+    if pad_mask is None:
+        return None
+    lengths = pad_mask.sum(dim=1)  # (B,)
+    prefix = torch.arange(pad_mask.shape[1], device=pad_mask.device)[None, :] < lengths[:, None]
+    if not torch.equal(prefix, pad_mask.bool()):
+        raise SmdimError("pad_mask must be right padding (True for the first n tokens of each row, then False)")
+    if bool((lengths == 0).any()):
+        raise SmdimError("pad_mask has a row with no real token; drop empty rows before the denoiser")
+    return lengths

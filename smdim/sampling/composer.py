@@ -1,0 +1,119 @@
+"""A checkpoint ready to make music: denoiser + tokenizer + diffusion schedule, and piece helpers.
+
+Shared by the `sample` stage and the `smdim` CLI. The samplers themselves (samplers.py) know
+nothing of checkpoints or tokenizers; this module is the glue.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from smdim.config import build
+from smdim.diffusion.config import DiffusionConfig
+from smdim.diffusion.schedule import Schedule, make_schedule
+from smdim.errors import SmdimError
+from smdim.sampling.constraints import Constraints, make_constraints
+from smdim.sampling.samplers import sample_with_stats
+
+log = logging.getLogger("smdim.sampling")
+
+
+@dataclass
+class Piece:
+    """One generated token sequence with its cost."""
+
+    ids: list[int]
+    seconds: float  # wall time of its batch divided by the batch size
+    network_calls: int  # denoiser calls of its batch
+
+
+@dataclass
+class Composer:
+    """Everything needed to sample and decode: built from a checkpoint by load_composer."""
+
+    model: torch.nn.Module
+    tokenizer: object  # miditok.REMI
+    mask_id: int
+    schedule: Schedule
+    device: torch.device
+    step: int | None = None  # training step of the checkpoint
+
+    @property
+    def bar_ids(self) -> set[int]:
+        """Ids of the Bar tokens of the vocabulary."""
+        return {i for name, i in self.tokenizer.vocab.items() if name.startswith("Bar_")}
+
+    def generate(
+        self,
+        n: int,
+        length: int,
+        *,
+        generator: torch.Generator,
+        batch_size: int = 4,
+        fixed: torch.Tensor | None = None,
+        progress: bool = False,
+        **sampler_kw,
+    ) -> list[Piece]:
+        """`n` pieces of `length` tokens, in batches; `fixed` (L,) applies to every piece."""
+        pieces: list[Piece] = []
+        while len(pieces) < n:
+            b = min(batch_size, n - len(pieces))
+            t0 = time.perf_counter()
+            x, stats = sample_with_stats(
+                self.model, length, mask_id=self.mask_id, batch_size=b, generator=generator,
+                fixed=fixed, schedule=self.schedule, progress=progress, **sampler_kw,
+            )
+            seconds = (time.perf_counter() - t0) / b
+            pieces += [Piece(row.tolist(), seconds, stats["network_calls"]) for row in x.cpu()]
+        return pieces
+
+
+def load_composer(path: str, device: str = "cpu") -> Composer:
+    """Load a training checkpoint (with `mask_id`, `tokenizer`, `diffusion` extras) onto `device`."""
+    from smdim.model.checkpoint import load_checkpoint
+    from smdim.tokenization.tokenizer import tokenizer_from_text
+
+    model, extra = load_checkpoint(path, map_location=device)
+    if not extra.get("tokenizer"):
+        raise SmdimError(f"{path}: checkpoint has no `tokenizer` extra; it was not written by the train stage")
+    tokenizer = tokenizer_from_text(extra["tokenizer"])
+    mask_id = int(extra.get("mask_id", tokenizer.vocab.get("MASK_None", -1)))
+    if mask_id < 0:
+        raise SmdimError(f"{path}: no mask_id in the checkpoint and no MASK_None token in its tokenizer")
+    vocab = getattr(getattr(model, "cfg", None), "vocab_size", len(tokenizer))
+    if vocab != len(tokenizer):
+        raise SmdimError(f"{path}: model vocabulary {vocab} != tokenizer size {len(tokenizer)}; retrain")
+    if "diffusion" not in extra:
+        log.warning("%s: no diffusion config in the checkpoint; assuming the linear schedule", path)
+    diffusion = build(DiffusionConfig, extra.get("diffusion") or {}, f"{path}:diffusion")
+    step = extra.get("step")
+    return Composer(model.eval(), tokenizer, mask_id, make_schedule(diffusion), torch.device(device),
+                    int(step) if step is not None else None)
+
+
+def keep_bars(ids: Sequence[int], bar_ids: set[int], bars: int) -> list[int]:
+    """The tokens of the first `bars` bars (everything before the (bars + 1)-th Bar token)."""
+    seen = 0
+    for i, tok in enumerate(ids):
+        if tok in bar_ids:
+            seen += 1
+            if seen == bars + 1:
+                return list(ids[:i])
+    return list(ids)
+
+
+def count_bars(ids: Sequence[int], bar_ids: set[int]) -> int:
+    """Number of Bar tokens."""
+    return sum(1 for tok in ids if tok in bar_ids)
+
+
+def constraints_for(composer: Composer, pitch_range, max_polyphony, ban_prefixes=()) -> Constraints:
+    """Sampling constraints on the composer's vocabulary (special tokens always banned)."""
+    return make_constraints(
+        composer.tokenizer, pitch_range=pitch_range, max_polyphony=max_polyphony, ban_prefixes=ban_prefixes
+    )

@@ -1,0 +1,41 @@
+"""The `sample` section of params.yaml: what the sample stage generates and how."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    checkpoint: str = "models/model.pt"  # trained denoiser (its extras hold tokenizer + diffusion config)
+    out_dir: str = "results/samples"  # pieces/, by_length/<L>/, contact_sheet.png, samples.json, metrics.json
+    n: int = 8  # pieces in the main set (pieces/NNN.mid + .png)
+    n_tokens: int = 256  # tokens generated per main-set piece
+    bars: int | None = None  # then keep only the first `bars` bars of each piece (null = keep all)
+    method: Literal["ancestral", "cached", "confidence"] = "cached"  # reverse process, see smdim/sampling
+    steps: int = 32  # denoising steps S per piece (any S >= 1; the training T is the upper useful limit)
+    temperature: float = 1.0  # softmax temperature of the token draws (0 = greedy)
+    unmask_schedule: Literal["cosine", "linear"] = "cosine"  # confidence method: masked share per step
+    confidence_noise: float = 0.0  # confidence method: Gumbel noise scale on confidences (annealed to 0)
+    pitch_range: list[int] | None = None  # [lo, hi] MIDI pitches allowed (inclusive); null = any
+    max_polyphony: int | None = None  # max notes starting at one REMI position; null = no cap
+    batch_size: int = 4  # pieces generated together
+    lengths: list[int] = field(default_factory=lambda: [128, 256, 512])  # by_length/<L>/ sets
+    n_per_length: int = 4  # pieces per length in by_length/ (0 = skip the OA-vs-length sets)
+    seed_offset: int = 0  # added to base.seed: another set of samples from the same model
+    pianorolls: bool = True  # write pieces/NNN.png next to each main-set MIDI
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.n_tokens < 1 or self.steps < 1 or self.batch_size < 1:
+            raise ValueError("n, n_tokens, steps and batch_size must be >= 1")
+        if self.bars is not None and self.bars < 1:
+            raise ValueError(f"bars must be >= 1 or null, got {self.bars}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.pitch_range is not None and (len(self.pitch_range) != 2 or self.pitch_range[0] > self.pitch_range[1]):
+            raise ValueError(f"pitch_range must be [lo, hi] with lo <= hi, got {self.pitch_range}")
+        if self.max_polyphony is not None and self.max_polyphony < 1:
+            raise ValueError(f"max_polyphony must be >= 1 or null, got {self.max_polyphony}")
+        if any(n < 1 for n in self.lengths) or self.n_per_length < 0:
+            raise ValueError("lengths must be >= 1 and n_per_length >= 0")

@@ -1,0 +1,137 @@
+"""Sampling constraints as logit masks over a REMI vocabulary (pitch range, polyphony cap).
+
+Guards against two failure cases the SMDIM paper reports: pitch outliers far outside the
+training range and over-dense vertical stacking.
+
+Polyphony in REMI: an onset is `Position_p` followed by (Pitch, Velocity, Duration) triples
+until the next Position or Bar token, so "notes sounding together at an onset" = the number of
+Pitch tokens between a Position token and the next Position/Bar token. Because diffusion unmasks
+in any order, the onset of a still-masked slot is not known yet. We count per *segment*: the
+stretch between consecutive known Bar/Position tokens. A masked slot whose segment already holds
+`max_polyphony` known Pitch tokens may not become a Pitch, and pitches drawn in the same step
+beyond the cap (left to right) are redrawn as non-pitch tokens (`excess_pitches`). A masked slot
+that later becomes a Position/Bar only splits a segment, so counts never grow behind our back:
+the cap holds exactly in the final sequence. The approximation is on the conservative side: while
+masks remain, one segment may span several future onsets, so a pitch can be refused that the
+finished sequence would have allowed (and a Position-less stretch after a Bar is capped too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from smdim.errors import SmdimError
+
+SPECIAL_PREFIXES = ("PAD_", "BOS_", "EOS_", "MASK_", "SEP_")
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Token masks over the vocabulary; `apply` turns them into -inf logits."""
+
+    banned: Tensor  # (V,) bool: never sampled (special tokens, out-of-range pitches)
+    is_pitch: Tensor  # (V,) bool: Pitch_* tokens
+    is_boundary: Tensor  # (V,) bool: Bar_* and Position_* tokens (delimit an onset)
+    max_polyphony: int | None = None  # max Pitch tokens per onset (None = no cap)
+
+    def to(self, device: torch.device | str) -> Constraints:
+        """Same constraints with masks on `device`."""
+        return Constraints(
+            self.banned.to(device), self.is_pitch.to(device), self.is_boundary.to(device), self.max_polyphony
+        )
+
+    def _segment_pitch_counts(self, x: Tensor, counted: Tensor) -> tuple[Tensor, Tensor]:
+        """Segment id (B, L) of each slot and the number of `counted` pitches per segment (B, L+1)."""
+        known_boundary = counted & self.is_boundary[x]  # (B, L)
+        seg = known_boundary.long().cumsum(1)  # (B, L), 0..L
+        pitches = (counted & self.is_pitch[x]).long()
+        counts = torch.zeros(x.shape[0], x.shape[1] + 1, dtype=torch.long, device=x.device)
+        counts.scatter_add_(1, seg, pitches)
+        return seg, counts
+
+    def pitch_blocked(self, x: Tensor, known: Tensor) -> Tensor:
+        """(B, L) bool: masked slots whose segment already holds max_polyphony known pitches."""
+        if self.max_polyphony is None:
+            return torch.zeros_like(known)
+        seg, counts = self._segment_pitch_counts(x, known)
+        return ~known & (counts.gather(1, seg) >= self.max_polyphony)
+
+    def apply(self, logits: Tensor, x: Tensor, known: Tensor) -> Tensor:
+        """Logits (B, L, V) with disallowed tokens set to -inf, given the current x (B, L)."""
+        logits = logits.masked_fill(self.banned, float("-inf"))
+        if self.max_polyphony is not None:
+            blocked = self.pitch_blocked(x, known)  # (B, L)
+            logits = logits.masked_fill(blocked[..., None] & self.is_pitch, float("-inf"))
+        return logits
+
+    def excess_pitches(self, x: Tensor, known_before: Tensor, new: Tensor) -> Tensor:
+        """(B, L) bool: pitches drawn this step (`new`) that push their segment over the cap."""
+        if self.max_polyphony is None:
+            return torch.zeros_like(new)
+        known = known_before | new
+        seg, old_counts = self._segment_pitch_counts(x, known & ~new)
+        new_pitch = new & self.is_pitch[x]  # (B, L)
+        cs = new_pitch.long().cumsum(1)  # (B, L)
+        # Running count inside each segment = cumsum minus its value just before the segment.
+        before = torch.full_like(old_counts, x.shape[1] + 1)
+        before.scatter_reduce_(1, seg, cs - new_pitch.long(), reduce="amin")
+        rank = cs - before.gather(1, seg)  # 1-based rank of each new pitch in its segment
+        return new_pitch & (old_counts.gather(1, seg) + rank > self.max_polyphony)
+
+
+def _vocab(tokenizer_or_vocab) -> tuple[dict[str, int], list[str]]:
+    if isinstance(tokenizer_or_vocab, Mapping):
+        vocab = dict(tokenizer_or_vocab)
+        specials = [k for k in vocab if k.startswith(SPECIAL_PREFIXES)]
+    else:
+        vocab = dict(tokenizer_or_vocab.vocab)
+        specials = list(tokenizer_or_vocab.special_tokens)
+    return vocab, specials
+
+
+def make_constraints(
+    tokenizer_or_vocab,
+    *,
+    pitch_range: Sequence[int] | None = None,
+    max_polyphony: int | None = None,
+    ban_special: bool = True,
+    ban_prefixes: Sequence[str] = (),
+) -> Constraints:
+    """Constraints for a miditok tokenizer (or its vocab dict token -> id).
+
+    pitch_range: inclusive [lo, hi] MIDI pitches allowed for Pitch_* tokens (None = all).
+    max_polyphony: max Pitch tokens per REMI onset (None = no cap).
+    ban_special: never sample PAD/BOS/EOS/MASK/SEP (they decode to nothing).
+    ban_prefixes: token types never sampled, e.g. ("Bar_",) so an infill keeps the bar count.
+    """
+    vocab, specials = _vocab(tokenizer_or_vocab)
+    size = max(vocab.values()) + 1
+    banned = torch.zeros(size, dtype=torch.bool)
+    is_pitch = torch.zeros(size, dtype=torch.bool)
+    is_boundary = torch.zeros(size, dtype=torch.bool)
+    for name, i in vocab.items():
+        kind, _, value = name.partition("_")
+        if kind == "Pitch":
+            is_pitch[i] = True
+            if pitch_range is not None and not pitch_range[0] <= int(value) <= pitch_range[1]:
+                banned[i] = True
+        elif kind in ("Bar", "Position"):
+            is_boundary[i] = True
+        if ban_prefixes and name.startswith(tuple(ban_prefixes)):
+            banned[i] = True
+    if ban_special:
+        for name in specials:
+            banned[vocab[name]] = True
+    if pitch_range is not None:
+        lo, hi = pitch_range
+        if not (is_pitch & ~banned).any():
+            raise SmdimError(f"pitch_range [{lo}, {hi}] allows no Pitch token of the vocabulary; widen it")
+    if max_polyphony is not None and max_polyphony < 1:
+        raise SmdimError(f"max_polyphony must be >= 1 or null, got {max_polyphony}")
+    if not (~banned & ~is_pitch).any():
+        raise SmdimError("constraints ban every non-pitch token; check the tokenizer vocabulary")
+    return Constraints(banned, is_pitch, is_boundary, max_polyphony)

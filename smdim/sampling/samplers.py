@@ -1,0 +1,231 @@
+"""Reverse process of absorbing diffusion: turn an all-MASK (or partly fixed) sequence into tokens.
+
+Methods (all draw tokens from the denoiser's x0 prediction with MASK excluded; fixed tokens stay):
+- "ancestral": S steps from t = 1 to 0; at the step t -> s every still-masked slot is unmasked
+  with probability (m(t) - m(s)) / m(t) (= 1/k at step k of S for the linear schedule, the
+  SCHmUBERT rule). One network call per step.
+- "cached": the same distribution, fewer calls (the MDLM cache). We draw *which* slots unmask
+  before calling the network, so a step where no slot of a sequence unmasks needs no call for
+  that sequence (its output would be unused). MDLM instead reuses the last output while x is
+  unchanged, which needs a time-independent denoiser; drawing first makes the skip exact for any
+  denoiser and saves the same calls. With the same generator it returns exactly the ancestral
+  tokens (up to batch-size-dependent float rounding in the network).
+- "confidence": MaskGIT. At step k the number of masked slots left follows a cosine (or linear)
+  schedule; the slots whose sampled token is most probable are unmasked, optionally with annealed
+  Gumbel noise on the confidences (`confidence_noise`).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from smdim.diffusion.config import DiffusionConfig
+from smdim.diffusion.schedule import make_schedule
+from smdim.errors import SmdimError
+from smdim.sampling.constraints import Constraints
+
+METHODS = ("ancestral", "cached", "confidence")
+UNMASK_SCHEDULES = ("cosine", "linear")
+
+
+def sample(
+    denoiser,
+    length: int,
+    *,
+    mask_id: int,
+    steps: int,
+    method: str = "ancestral",
+    batch_size: int = 1,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+    fixed: Tensor | None = None,
+    constraints: Constraints | None = None,
+    progress: bool = False,
+    schedule=None,
+    unmask_schedule: str = "cosine",
+    confidence_noise: float = 0.0,
+) -> Tensor:
+    """Generate (B, length) token ids without any MASK; see sample_with_stats for the arguments."""
+    tokens, _ = sample_with_stats(
+        denoiser, length, mask_id=mask_id, steps=steps, method=method, batch_size=batch_size,
+        generator=generator, temperature=temperature, fixed=fixed, constraints=constraints,
+        progress=progress, schedule=schedule, unmask_schedule=unmask_schedule,
+        confidence_noise=confidence_noise,
+    )
+    return tokens
+
+
+def sample_with_stats(
+    denoiser,
+    length: int,
+    *,
+    mask_id: int,
+    steps: int,
+    method: str = "ancestral",
+    batch_size: int = 1,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+    fixed: Tensor | None = None,
+    constraints: Constraints | None = None,
+    progress: bool = False,
+    schedule=None,
+    unmask_schedule: str = "cosine",
+    confidence_noise: float = 0.0,
+) -> tuple[Tensor, dict[str, int]]:
+    """Generate tokens and count network calls: returns ((B, length), {"network_calls", "steps"}).
+
+    denoiser(x (B, L), t (B,), pad_mask=None) -> logits (B, L, V). steps: S >= 1 (may be far
+    below the training T). temperature: softmax temperature (0 = greedy). fixed: (B, L) or (L,)
+    ids to keep, -1 = free. constraints: smdim.sampling.constraints.Constraints. schedule: the
+    training schedule (default linear). unmask_schedule / confidence_noise: "confidence" only.
+    """
+    if method not in METHODS:
+        raise SmdimError(f"sampling method {method!r} is unknown; use one of {', '.join(METHODS)}")
+    if steps < 1 or length < 1 or batch_size < 1:
+        raise SmdimError(f"steps, length and batch size must be >= 1 (got {steps}, {length}, {batch_size})")
+    if temperature < 0:
+        raise SmdimError(f"temperature must be >= 0, got {temperature}")
+    if unmask_schedule not in UNMASK_SCHEDULES:
+        raise SmdimError(f"unmask schedule {unmask_schedule!r} is unknown; use cosine or linear")
+    schedule = schedule or make_schedule(DiffusionConfig(schedule="linear"))
+    device = _device(denoiser)
+    x = _initial(length, batch_size, fixed, mask_id, device)
+    ctx = _Step(denoiser, mask_id, temperature, generator, constraints.to(device) if constraints else None)
+    with _eval_mode(denoiser), torch.no_grad():
+        if method == "confidence":
+            x = _confidence(ctx, x, steps, schedule, unmask_schedule, confidence_noise, progress)
+        else:
+            x = _ancestral(ctx, x, steps, schedule, skip_idle=method == "cached", progress=progress)
+    if (x == mask_id).any():  # the last step unmasks everything: this is a bug, not bad input
+        raise RuntimeError("sampler left MASK tokens")
+    return x, {"network_calls": ctx.calls, "steps": steps}
+
+
+class _Step:
+    """Shared per-step work: call the network, restrict logits, draw and repair tokens."""
+
+    def __init__(self, denoiser, mask_id: int, temperature: float, generator, constraints):
+        self.denoiser, self.mask_id, self.temperature = denoiser, mask_id, temperature
+        self.generator, self.constraints, self.calls = generator, constraints, 0
+
+    def logits(self, x: Tensor, t: Tensor) -> Tensor:
+        """Network logits (B, L, V) with MASK and constrained tokens at -inf, as float32."""
+        self.calls += 1
+        logits = self.denoiser(x, t, pad_mask=None).float()  # (B, L, V)
+        mask_col = torch.tensor([self.mask_id], device=logits.device)
+        logits = logits.index_fill(-1, mask_col, float("-inf"))  # out of place: never edit the output
+        if self.constraints is not None:
+            logits = self.constraints.apply(logits, x, x != self.mask_id)
+        return logits
+
+    def draw(self, logits: Tensor) -> Tensor:
+        """One token per row of logits (N, V) at the sampling temperature."""
+        if self.temperature == 0:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits / self.temperature, dim=-1)
+        return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
+
+    def fill(self, x: Tensor, sel: Tensor, logits: Tensor, tokens: Tensor | None = None) -> Tensor:
+        """x (B, L) with slots `sel` set to drawn tokens (or `tokens` (B, L)), polyphony repaired."""
+        if not sel.any():
+            return x
+        known = x != self.mask_id
+        x = x.clone()
+        x[sel] = tokens[sel] if tokens is not None else self.draw(logits[sel])
+        if self.constraints is not None and self.constraints.max_polyphony is not None:
+            excess = self.constraints.excess_pitches(x, known, sel)  # (B, L)
+            if excess.any():
+                # Redraw from the same prediction with pitches excluded: no extra network call.
+                redo = logits[excess].masked_fill(self.constraints.is_pitch, float("-inf"))
+                x[excess] = self.draw(redo)
+        return x
+
+
+def _ancestral(ctx: _Step, x: Tensor, steps: int, schedule, *, skip_idle: bool, progress: bool) -> Tensor:
+    B = x.shape[0]
+    for k in tqdm(range(steps, 0, -1), desc="sampling", disable=not progress, leave=False):
+        t, s = torch.tensor(k / steps), torch.tensor((k - 1) / steps)
+        m_t, m_s = schedule.mask_prob(t), schedule.mask_prob(s)
+        p_unmask = float((m_t - m_s) / m_t) if m_t > 0 else 1.0
+        masked = x == ctx.mask_id  # (B, L)
+        u = torch.rand(x.shape, generator=ctx.generator, device=x.device)
+        sel = masked & (u < p_unmask)  # (B, L)
+        rows = sel.any(1).nonzero().squeeze(1) if skip_idle else torch.arange(B, device=x.device)
+        if rows.numel() == 0:
+            continue
+        t_rows = torch.full((rows.numel(),), k / steps, device=x.device)
+        logits = ctx.logits(x[rows], t_rows)  # (b, L, V)
+        x[rows] = ctx.fill(x[rows], sel[rows], logits)
+    return x
+
+
+def _confidence(
+    ctx: _Step, x: Tensor, steps: int, schedule, unmask_schedule: str, noise: float, progress: bool
+) -> Tensor:
+    n_free = (x == ctx.mask_id).sum(1)  # (B,)
+    for k in tqdm(range(1, steps + 1), desc="sampling", disable=not progress, leave=False):
+        masked = x == ctx.mask_id  # (B, L)
+        n_masked = masked.sum(1)  # (B,)
+        if not n_masked.any():
+            break
+        r = k / steps
+        left = math.cos(0.5 * math.pi * r) if unmask_schedule == "cosine" else 1.0 - r
+        target = (n_free.float() * left).floor().long()  # masked slots to leave after this step
+        n_unmask = (n_masked - target).clamp(min=1).minimum(n_masked)  # (B,)
+        t = schedule.time_of(n_masked.float() / n_free.clamp(min=1).float())  # (B,)
+        logits = ctx.logits(x, t)  # (B, L, V)
+        tokens = torch.full_like(x, ctx.mask_id)
+        tokens[masked] = ctx.draw(logits[masked])
+        # Confidence = model log-probability of the drawn token (untempered, so greedy still ranks).
+        conf = torch.log_softmax(logits, dim=-1).gather(-1, tokens[..., None]).squeeze(-1)  # (B, L)
+        if noise > 0:
+            u = torch.rand(x.shape, generator=ctx.generator, device=x.device).clamp(1e-10, 1 - 1e-10)
+            conf = conf + noise * (1.0 - r) * -torch.log(-torch.log(u))
+        conf = conf.masked_fill(~masked, float("-inf"))
+        order = conf.argsort(dim=1, descending=True, stable=True)  # (B, L)
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(x.shape[1], device=x.device).expand_as(order))
+        sel = masked & (rank < n_unmask[:, None])
+        x = ctx.fill(x, sel, logits, tokens)
+    return x
+
+
+def _device(denoiser) -> torch.device:
+    params = getattr(denoiser, "parameters", None)
+    if params is not None:
+        for p in params():
+            return p.device
+    return torch.device("cpu")
+
+
+def _initial(length: int, batch_size: int, fixed: Tensor | None, mask_id: int, device) -> Tensor:
+    """All-MASK (B, L), with fixed tokens written in."""
+    x = torch.full((batch_size, length), mask_id, dtype=torch.long, device=device)
+    if fixed is None:
+        return x
+    fixed = torch.as_tensor(fixed, dtype=torch.long, device=device)
+    if fixed.dim() == 1:
+        fixed = fixed[None]
+    if fixed.shape[-1] != length or fixed.shape[0] not in (1, batch_size):
+        raise SmdimError(f"fixed has shape {tuple(fixed.shape)}; expected ({batch_size}, {length})")
+    fixed = fixed.expand(batch_size, length)
+    if (fixed == mask_id).any():
+        raise SmdimError("fixed tokens contain MASK; mark free slots with -1 instead")
+    return torch.where(fixed >= 0, fixed, x)
+
+
+@contextmanager
+def _eval_mode(module):
+    """Dropout off while sampling; the caller's train/eval state is restored afterwards."""
+    was_training = getattr(module, "training", False)
+    if hasattr(module, "eval"):
+        module.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            module.train()

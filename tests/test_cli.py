@@ -1,0 +1,141 @@
+"""End to end: `smdim generate | infill` and the `sample` stage on a tiny random checkpoint."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import BIN, ROOT, run
+
+from smdim.cli import main
+from smdim.config import to_dict
+from smdim.diffusion.config import DiffusionConfig
+from smdim.io import read_json
+from smdim.model.checkpoint import save_checkpoint
+from smdim.model.config import ModelConfig
+from smdim.model.denoiser import Denoiser
+from smdim.tokenization.config import TokenizeConfig
+from smdim.tokenization.decode import write_midi
+from smdim.tokenization.encode import encode_file
+from smdim.tokenization.tokenizer import build_tokenizer
+
+SMDIM = str(BIN / "smdim")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised small Denoiser saved the way the train stage saves it."""
+    d = tmp_path_factory.mktemp("ckpt")
+    tok = build_tokenizer(TokenizeConfig())
+    tok.save(d / "tokenizer.json")
+    torch.manual_seed(0)
+    model = Denoiser(ModelConfig(vocab_size=len(tok), d_model=32, n_heads=2, n_blocks=1, d_state=4))
+    save_checkpoint(
+        d / "model.pt", model, mask_id=tok["MASK_None"], pad_id=tok["PAD_None"], step=0,
+        diffusion=to_dict(DiffusionConfig(T=64)), tokenizer=(d / "tokenizer.json").read_text(),
+    )
+    return d / "model.pt"
+
+
+def bars_of(ids: list[int], bar_id: int) -> list[list[int]]:
+    """Token ids split into bars (each list starts with its Bar token)."""
+    out: list[list[int]] = []
+    for i in ids:
+        if i == bar_id or not out:
+            out.append([])
+        out[-1].append(i)
+    return out
+
+
+def test_generate(checkpoint, tmp_path):
+    args = ["generate", "--checkpoint", str(checkpoint), "--tokens", "96", "--steps", "8",
+            "--pitch-range", "48", "84", "--max-polyphony", "3", "--seed", "1", "--png"]
+    # The installed console script once; in-process after that (same code, no import cost).
+    p = run([SMDIM, *args, "--out", "a.mid"], tmp_path)
+    assert "wrote a.mid" in p.stdout and (tmp_path / "a.mid").stat().st_size > 0
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+    main([*args, "--out", str(tmp_path / "b.mid")])
+    assert (tmp_path / "a.mid").read_bytes() == (tmp_path / "b.mid").read_bytes()  # same seed, same piece
+    main([*args[:-2], "2", "--out", str(tmp_path / "c.mid")])
+    assert (tmp_path / "a.mid").read_bytes() != (tmp_path / "c.mid").read_bytes()
+
+
+def test_infill_keeps_everything_outside_the_bars(checkpoint, shared_data, tmp_path):
+    tok = build_tokenizer(TokenizeConfig())
+    bar = tok["Bar_None"]
+    song = shared_data / "pop909" / "001.mid"
+    out = tmp_path / "infilled.mid"
+    main(["infill", "--checkpoint", str(checkpoint), "--midi", str(song), "--bars", "5-8",
+          "--steps", "8", "--context", "512", "--out", str(out)])
+    # Compare after the same decode -> encode trip: encoding orders the notes of one onset by
+    # their raw (unquantised) durations, so only a decoded original re-encodes comparably.
+    write_midi(tok, encode_file(tok, song), tmp_path / "roundtrip.mid")
+    before = bars_of(encode_file(tok, tmp_path / "roundtrip.mid"), bar)
+    after = bars_of(encode_file(tok, out), bar)
+    assert len(after) == len(before)
+    assert after[:4] == before[:4] and after[8:] == before[8:]
+    assert after[4:8] != before[4:8]
+
+
+def one_line_error(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and err.startswith("error: ") and err.count("\n") == 1
+    return err
+
+
+def test_errors_are_one_line(checkpoint, shared_data, tmp_path, capsys):
+    song = shared_data / "pop909" / "001.mid"
+    ck = ["--checkpoint", str(checkpoint)]
+    err = one_line_error(["infill", *ck, "--midi", str(song), "--bars", "900-901", "--out", "x.mid"], capsys)
+    assert "bars 900-901 requested but the piece has only " in err
+    err = one_line_error(["generate", "--checkpoint", str(tmp_path / "no.pt"), "--out", "x.mid"], capsys)
+    assert "checkpoint not found" in err
+    bad = shared_data / "bad-midi" / "corrupted_control168.mid"
+    assert "cannot read MIDI" in one_line_error(["infill", *ck, "--midi", str(bad), "--bars", "1", "--out", "x.mid"], capsys)
+    assert not (tmp_path / "x.mid").exists()
+
+
+def test_sample_stage_with_dvc(checkpoint, make_project):
+    proj = make_project({"sample": {"n": 3, "n_tokens": 64, "bars": 2, "steps": 6, "batch_size": 2,
+                                    "lengths": [32, 48], "n_per_length": 1, "max_polyphony": 4}})
+    (proj / "models").mkdir()
+    shutil.copy(checkpoint, proj / "models" / "model.pt")
+    dag = run([str(BIN / "dvc"), "dag", "--dot"], proj).stdout  # also checks outs do not overlap
+    assert '"train" -> "sample"' in dag and '"sample" -> "evaluate"' in dag
+    run([str(BIN / "dvc"), "repro", "--single-item", "sample"], proj)
+    out = proj / "results" / "samples"
+    names = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != ".gitignore")
+    assert names == [
+        "by_length/32/000.mid", "by_length/48/000.mid",
+        "contact_sheet.png", "metrics.json", "pieces/000.mid", "pieces/000.png", "pieces/001.mid",
+        "pieces/001.png", "pieces/002.mid", "pieces/002.png", "samples.json",
+    ]
+    samples, metrics = read_json(out / "samples.json"), read_json(out / "metrics.json")
+    assert [p["file"] for p in samples["pieces"]] == ["pieces/000.mid", "pieces/001.mid", "pieces/002.mid"]
+    assert all(p["n_bars"] <= 2 and p["n_tokens"] <= 64 for p in samples["pieces"])
+    assert set(samples["by_length"]) == {"32", "48"}
+    assert [p["n_tokens"] for p in samples["by_length"]["48"]] == [48]  # `bars` cuts the main set only
+    assert 0 <= metrics["token_error_rate"] <= 1 and metrics["seconds_per_token"] > 0
+    # dvc sees the stage as up to date, and a sample param change makes it stale again.
+    assert "up to date" in run([str(BIN / "dvc"), "status", "sample"], proj).stdout
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["sample"]["temperature"] = 0.5
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = run([str(BIN / "dvc"), "status", "sample"], proj).stdout
+    assert "modified" in status and "sample" in status
+
+
+def test_console_script_is_declared():
+    assert 'smdim = "smdim.cli:main"' in (ROOT / "pyproject.toml").read_text()
+    p = run([sys.executable, "-m", "smdim.cli", "--help"], ROOT)
+    assert "generate" in p.stdout and "infill" in p.stdout
+    from smdim import cli
+    from smdim.sampling.samplers import METHODS
+
+    assert cli.METHODS == METHODS

@@ -1,0 +1,68 @@
+"""The whole pipeline through real DVC in a temporary git repo: repro, up-to-date, experiments."""
+
+from __future__ import annotations
+
+import json
+
+import pretty_midi
+import pytest
+from conftest import BIN, run
+
+DVC = str(BIN / "dvc")
+
+
+def tiny_params(shared_data) -> dict:
+    """A pipeline small enough for a test: 24 POP909 songs, a 1-block model, a few steps."""
+    return {
+        "base": {"workers": 1},
+        "download": {"datasets": ["pop909"], "pop909": {"mirror": str(shared_data / "pop909"), "limit": 24}},
+        "tokenize": {"valid_fraction": 0.2, "test_fraction": 0.25},
+        "model": {"d_model": 32, "n_heads": 2, "n_blocks": 1, "stride": 2, "d_state": 8},
+        "train": {
+            "seq_len": 64, "batch_size": 4, "steps": 6, "warmup_steps": 2, "eval_every": 3,
+            "eval_batches": 1, "checkpoint_every": 3, "log_every": 2, "progress": False,
+        },
+        "sample": {"n": 2, "n_tokens": 64, "steps": 8, "lengths": [32, 64], "n_per_length": 2, "batch_size": 2},
+        "evaluate": {"max_reference": 4},
+    }
+
+
+@pytest.fixture
+def pipeline_project(make_project, shared_data):
+    proj = make_project(tiny_params(shared_data))
+    run([DVC, "repro", "evaluate"], proj)
+    return proj
+
+
+def test_repro_produces_midi_pictures_and_metrics(pipeline_project):
+    proj = pipeline_project
+    pieces = sorted((proj / "results/samples/pieces").glob("*.mid"))
+    assert len(pieces) == 2
+    for p in pieces:
+        # Another parser than ours must open what we write.
+        pm = pretty_midi.PrettyMIDI(str(p))
+        assert pm.instruments, p
+        assert p.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((proj / "results/evaluate/metrics.json").read_text())
+    assert 0.0 <= metrics["oa"]["average"] <= 1.0
+    assert 0.0 <= metrics["oa_ceiling"]["average"] <= 1.0
+    assert set(metrics["oa_vs_length"]) == {"32", "64"}
+    assert (proj / "models/model.pt").is_file()
+
+    again = run([DVC, "repro", "evaluate"], proj)
+    assert "up to date" in again.stdout, again.stdout
+
+
+def test_experiment_compared_with_metrics_diff(pipeline_project):
+    proj = pipeline_project
+    run(["git", "add", "-A"], proj)
+    run(["git", "commit", "-qm", "baseline mfa"], proj)
+    base = json.loads((proj / "results/evaluate/metrics.json").read_text())["oa"]["average"]
+
+    run([DVC, "exp", "run", "-S", "model.block=transformer", "evaluate"], proj)
+    diff = run([DVC, "metrics", "diff", "--md"], proj).stdout
+    exp = json.loads((proj / "results/evaluate/metrics.json").read_text())["oa"]["average"]
+    row = next(line for line in diff.splitlines() if "oa.average" in line)
+    # Both experiments' OA appear: HEAD (mfa) and the workspace (transformer).
+    assert f"{base:.5g}"[:5] in row and f"{exp:.5g}"[:5] in row, diff
+    assert "model.block" in run([DVC, "params", "diff"], proj).stdout

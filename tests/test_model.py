@@ -1,0 +1,193 @@
+"""Denoiser: mamba_ssm-compatible names, (non-)causality, padding, all block types, checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from smdim.config import build
+from smdim.errors import ConfigError, SmdimError
+from smdim.model.checkpoint import load_checkpoint, save_checkpoint
+from smdim.model.config import BLOCK_TYPES, ModelConfig
+from smdim.model.denoiser import Denoiser
+from smdim.model.mamba import Mamba
+
+V = 40
+# mamba_ssm.modules.mamba_simple.Mamba's state_dict with its defaults (bias=False, conv_bias=True),
+# read from state-spaces/mamba: parameters A_log, D, then in_proj, conv1d, x_proj, dt_proj, out_proj.
+MAMBA_SSM_SHAPES = {
+    "A_log": ("d_inner", "d_state"),
+    "D": ("d_inner",),
+    "in_proj.weight": ("2*d_inner", "d_model"),
+    "conv1d.weight": ("d_inner", 1, "d_conv"),
+    "conv1d.bias": ("d_inner",),
+    "x_proj.weight": ("dt_rank+2*d_state", "d_inner"),
+    "dt_proj.weight": ("d_inner", "dt_rank"),
+    "dt_proj.bias": ("d_inner",),
+    "out_proj.weight": ("d_model", "d_inner"),
+}
+
+
+def tiny(**kw) -> ModelConfig:
+    base = dict(vocab_size=V, d_model=32, n_heads=2, n_blocks=2, stride=4, d_state=4)
+    return ModelConfig(**{**base, **kw})
+
+
+def test_mamba_state_dict_matches_mamba_ssm():
+    m = Mamba(48, d_state=16, d_conv=4, expand=2)
+    dims = {"d_model": 48, "d_inner": 96, "d_state": 16, "d_conv": 4, "dt_rank": 3}
+    dims.update({"2*d_inner": 192, "dt_rank+2*d_state": 35})
+    sd = m.state_dict()
+    assert list(sd) == list(MAMBA_SSM_SHAPES)
+    for key, shape in MAMBA_SSM_SHAPES.items():
+        assert tuple(sd[key].shape) == tuple(dims.get(s, s) for s in shape), key
+    # mamba's inits: A = -(1..N) per channel, D = 1, softplus(dt bias) in [dt_min, dt_max].
+    torch.testing.assert_close(-torch.exp(m.A_log[0]), -torch.arange(1.0, 17.0))
+    assert torch.all(m.D == 1)
+    dt = F.softplus(m.dt_proj.bias)
+    assert dt.min() >= 1e-4 and dt.max() <= 0.1 + 1e-6
+
+
+def test_mamba_conv_is_mamba_ssm_conv():
+    """Our shifted-sum causal conv equals nn.Conv1d(padding=d_conv-1) cropped to L (mamba_simple)."""
+    torch.manual_seed(0)
+    m = Mamba(16, d_state=4)
+    x = torch.randn(2, m.d_inner, 11)
+    from smdim.model.mamba import causal_depthwise_conv
+
+    torch.testing.assert_close(causal_depthwise_conv(x, m.conv1d.weight, m.conv1d.bias), m.conv1d(x)[..., :11])
+
+
+def test_config_range_checks():
+    with pytest.raises(ValueError, match="divisible"):
+        ModelConfig(d_model=30, n_heads=4)
+    with pytest.raises(ConfigError, match="model.*stride"):
+        build(ModelConfig, {"stride": 0}, "model")
+    with pytest.raises(ConfigError, match="block"):
+        build(ModelConfig, {"block": "lstm"}, "model")
+    with pytest.raises(SmdimError, match="vocab_size"):
+        Denoiser(ModelConfig())
+
+
+@pytest.mark.parametrize("block", BLOCK_TYPES)
+def test_block_types_train_on_a_fixed_batch(block):
+    """Each block type runs forward/backward and fits a fixed masked batch within 30 steps."""
+    torch.manual_seed(0)
+    model = Denoiser(tiny(block=block))
+    x0 = torch.randint(1, V - 1, (2, 23), generator=torch.Generator().manual_seed(1))
+    masked = torch.rand(2, 23, generator=torch.Generator().manual_seed(2)) < 0.5
+    xt = torch.where(masked, torch.full_like(x0, V - 1), x0)  # V-1 plays MASK
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        logits = model(xt)
+        assert logits.shape == (2, 23, V)
+        loss = F.cross_entropy(logits[masked], x0[masked])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0], losses
+
+
+def test_bidirectional_denoiser_is_non_causal():
+    torch.manual_seed(0)
+    model = Denoiser(tiny(block="mamba", bidirectional=True)).eval()
+    x = torch.randint(0, V, (1, 32))
+    y = x.clone()
+    y[0, 29] = (x[0, 29] + 1) % V
+    diff = (model(x) - model(y)).abs().amax(-1)[0]  # (L,)
+    assert diff[:8].max() > 1e-6  # positions two windows earlier see the later token
+
+
+def test_unidirectional_mamba_is_causal_across_windows():
+    """Without attention and with one scan direction, window k sees only windows <= k."""
+    torch.manual_seed(0)
+    model = Denoiser(tiny(block="mamba", bidirectional=False)).eval()
+    x = torch.randint(0, V, (1, 30))
+    y = x.clone()
+    y[0, 13] = (x[0, 13] + 1) % V  # window 3 (positions 12..15) with stride 4
+    diff = (model(x) - model(y)).abs().amax(-1)[0]
+    assert diff[:12].max() == 0
+    assert diff[12:].max() > 1e-6
+
+
+@pytest.mark.parametrize("L", [1, 3, 5, 13, 64])
+def test_any_length(L):
+    model = Denoiser(tiny(stride=4)).eval()
+    assert model(torch.randint(0, V, (2, L))).shape == (2, L, V)
+
+
+@pytest.mark.parametrize("block", ["mfa", "transformer"])
+def test_pad_mask_matches_unpadded_rows(block):
+    """A right-padded row gives the same logits on its real tokens as the row alone."""
+    torch.manual_seed(0)
+    model = Denoiser(tiny(block=block)).eval()
+    g = torch.Generator().manual_seed(3)
+    short, full = torch.randint(0, V, (1, 10), generator=g), torch.randint(0, V, (1, 16), generator=g)
+    batch = torch.cat([torch.cat([short, torch.randint(0, V, (1, 6), generator=g)], 1), full])
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[0, 10:] = False
+    out = model(batch, pad_mask=mask)
+    torch.testing.assert_close(out[0, :10], model(short)[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out[1], model(full)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_pad_mask_must_be_right_padding():
+    model = Denoiser(tiny())
+    mask = torch.ones(1, 8, dtype=torch.bool)
+    mask[0, 2] = False
+    with pytest.raises(SmdimError, match="right padding"):
+        model(torch.zeros(1, 8, dtype=torch.long), pad_mask=mask)
+
+
+def test_time_conditioning_flag():
+    assert not Denoiser(tiny()).uses_time
+    model = Denoiser(tiny(time_cond=True)).eval()
+    assert model.uses_time
+    x = torch.randint(0, V, (2, 12))
+    assert not torch.allclose(model(x, torch.tensor([0.1, 0.1])), model(x, torch.tensor([0.9, 0.9])))
+    with pytest.raises(SmdimError, match="time_cond"):
+        model(x)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = Denoiser(tiny(block="mfa2sa", stride=3)).eval()
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, mask_id=V - 1, step=7, diffusion={"T": 8})
+    loaded, extra = load_checkpoint(path)
+    assert extra == {"mask_id": V - 1, "step": 7, "diffusion": {"T": 8}}
+    assert loaded.cfg == model.cfg and not loaded.training
+    x = torch.randint(0, V, (2, 17))
+    assert torch.equal(loaded(x), model(x))
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temp file left behind
+
+
+def test_checkpoint_errors(tmp_path):
+    model = Denoiser(tiny())
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, model)
+    with pytest.raises(SmdimError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(SmdimError, match="not a readable checkpoint"):
+        load_checkpoint(truncated)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a checkpoint" * 10)
+    with pytest.raises(SmdimError, match="not a readable checkpoint"):
+        load_checkpoint(garbage)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": model.state_dict()}, foreign)
+    with pytest.raises(SmdimError, match="not an smdim denoiser checkpoint"):
+        load_checkpoint(foreign)
+    mismatched = tmp_path / "mismatched.pt"
+    payload = torch.load(good, weights_only=True)
+    payload["config"] = dataclasses.asdict(dataclasses.replace(model.cfg, d_model=64))
+    torch.save(payload, mismatched)
+    with pytest.raises(SmdimError, match="do not match"):
+        load_checkpoint(mismatched)

@@ -1,0 +1,246 @@
+"""Samplers (ancestral, cached, confidence), conditioning and constraints."""
+
+from __future__ import annotations
+
+import math
+
+import miditok
+import pytest
+import torch
+from conftest import ROOT
+
+from smdim.config import build, load_section
+from smdim.diffusion.config import DiffusionConfig
+from smdim.diffusion.schedule import make_schedule
+from smdim.errors import ConfigError, SmdimError
+from smdim.sampling.conditioning import bar_infill_fixed, bar_span, prefix_fixed, span_fixed
+from smdim.sampling.config import SampleConfig
+from smdim.sampling.constraints import make_constraints
+from smdim.sampling.samplers import METHODS, sample, sample_with_stats
+
+V, MASK = 12, 11
+
+
+class Toy(torch.nn.Module):
+    """Deterministic denoiser: a fixed random logit table per position, plus a bonus for repeating
+    the left neighbour (so predictions change as tokens appear) and an optional per-token bias."""
+
+    def __init__(self, vocab: int = V, max_len: int = 512, bias=None, uses_time: bool = False, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("table", torch.randn(max_len, vocab, generator=g))
+        self.register_buffer("bias", torch.zeros(vocab) if bias is None else bias)
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+        self.uses_time = uses_time
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x, t=None, pad_mask=None):
+        self.calls.append((x.clone(), t.clone()))
+        B, L = x.shape
+        logits = self.table[:L].expand(B, L, -1) + self.bias + self.anchor
+        left = torch.nn.functional.pad(x, (1, 0), value=0)[:, :L]  # (B, L)
+        logits = logits + 1.5 * torch.nn.functional.one_hot(left, logits.shape[-1])
+        if self.uses_time:
+            logits = logits + 3.0 * t[:, None, None] * torch.linspace(-1, 1, logits.shape[-1])
+        return logits
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_no_mask_left_and_reproducible(method):
+    out = [sample(Toy(), 40, mask_id=MASK, steps=10, method=method, batch_size=3, generator=gen(s)) for s in (1, 1, 2)]
+    assert out[0].shape == (3, 40) and out[0].dtype == torch.long
+    assert not (out[0] == MASK).any()
+    assert torch.equal(out[0], out[1])
+    assert not torch.equal(out[0], out[2])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fixed_tokens_are_kept_for_prefix_and_infill(method):
+    g = gen(5)
+    song = torch.randint(0, MASK, (50,), generator=g).tolist()
+    for fixed in (prefix_fixed(song[:20], 50, batch_size=2), span_fixed(song, 10, 30, batch_size=2)):
+        out = sample(Toy(), 50, mask_id=MASK, steps=8, method=method, batch_size=2, generator=g, fixed=fixed)
+        keep = fixed >= 0
+        assert torch.equal(out[keep], fixed[keep]) and not (out == MASK).any()
+        assert not torch.equal(out[~keep], torch.tensor(song).expand(2, -1)[~keep])  # free part sampled
+
+
+@pytest.mark.parametrize("uses_time", [False, True], ids=["time-free", "time-dependent"])
+def test_cached_equals_ancestral_with_fewer_calls(uses_time):
+    runs = {}
+    for method in ("ancestral", "cached"):
+        model = Toy(uses_time=uses_time)
+        x, stats = sample_with_stats(model, 64, mask_id=MASK, steps=200, method=method, batch_size=3, generator=gen(7))
+        runs[method] = (x, stats, len(model.calls))
+    (xa, sa, ca), (xc, sc, cc) = runs["ancestral"], runs["cached"]
+    assert torch.equal(xa, xc)
+    assert sa["network_calls"] == ca == 200
+    # Each of the 3 x 64 slots unmasks at a uniform step of 200; a call is needed only at steps
+    # where some slot unmasks: about 200 (1 - (1 - 1/200)^192) = 123 calls.
+    assert sc["network_calls"] == cc
+    assert 100 < cc < 145
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_ancestral_unmasks_at_the_schedule_rate(schedule):
+    s = make_schedule(DiffusionConfig(schedule=schedule))
+    model = Toy(max_len=4000)
+    sample(model, 4000, mask_id=MASK, steps=4, generator=gen(0), schedule=s)
+    # Call at step k sees the state at time k/4: a fraction m(k/4) still masked.
+    for (x, t), k in zip(model.calls, (4, 3, 2, 1), strict=True):
+        assert float(t[0]) == k / 4
+        frac = (x == MASK).float().mean().item()
+        assert frac == pytest.approx(float(s.mask_prob(torch.tensor(k / 4))), abs=0.025)
+
+
+def test_confidence_follows_cosine_schedule_and_picks_most_confident():
+    model = Toy()
+    sample(model, 100, mask_id=MASK, steps=4, method="confidence", temperature=0.0, generator=gen(0))
+    masked = [int((x == MASK).sum()) for x, _ in model.calls]
+    assert masked == [100] + [math.floor(100 * math.cos(math.pi / 2 * k / 4)) for k in (1, 2, 3)]
+    # Greedy: the 8 slots unmasked first are the 8 with the highest max-probability.
+    first = model.table[:100].clone()
+    first[0, 0] += 1.5  # left neighbour of slot 0 is the pad value 0
+    best = set(torch.softmax(first[:, :MASK], -1).max(-1).values.topk(100 - masked[1]).indices.tolist())
+    assert set((model.calls[1][0][0] != MASK).nonzero().squeeze(1).tolist()) == best
+
+
+def test_bad_arguments_are_one_line_errors():
+    with pytest.raises(SmdimError, match="unknown"):
+        sample(Toy(), 8, mask_id=MASK, steps=2, method="beam")
+    with pytest.raises(SmdimError, match="MASK"):
+        sample(Toy(), 3, mask_id=MASK, steps=2, fixed=torch.tensor([1, MASK, -1]))
+    with pytest.raises(SmdimError, match="shape"):
+        sample(Toy(), 4, mask_id=MASK, steps=2, fixed=torch.tensor([1, -1]))
+
+
+# --- constraints on a real REMI vocabulary ---
+
+@pytest.fixture(scope="module")
+def remi():
+    return miditok.REMI(miditok.TokenizerConfig(special_tokens=["PAD", "BOS", "EOS", "MASK"]))
+
+
+def remi_toy(tok, prefer, seed=0):
+    """Toy denoiser over the REMI vocabulary with +bonus on the tokens `prefer` selects."""
+    bias = torch.zeros(len(tok))
+    for name, i in tok.vocab.items():
+        bias[i] = prefer(name)
+    return Toy(vocab=len(tok), bias=bias, seed=seed)
+
+
+def pitches(tok, ids):
+    names = [tok[int(i)] for i in ids]
+    return [int(n.split("_")[1]) for n in names if n.startswith("Pitch_")]
+
+
+def max_onset_polyphony(tok, ids) -> int:
+    """Most Pitch tokens between two Position/Bar tokens (independent of the implementation)."""
+    best = count = 0
+    for i in ids:
+        name = tok[int(i)]
+        if name.startswith(("Position_", "Bar_")):
+            count = 0
+        elif name.startswith("Pitch_"):
+            count += 1
+            best = max(best, count)
+    return best
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_pitch_range_constraint(remi, method):
+    outlier = lambda n: 6.0 if n.startswith("Pitch_") and not 48 <= int(n.split("_")[1]) <= 84 else 0.0  # noqa: E731
+    model, mask_id = remi_toy(remi, outlier), remi["MASK_None"]
+    free = sample(model, 120, mask_id=mask_id, steps=12, method=method, batch_size=2, generator=gen(0))
+    assert any(not 48 <= p <= 84 for p in pitches(remi, free.flatten()))  # the toy really wants outliers
+    c = make_constraints(remi, pitch_range=[48, 84])
+    out = sample(model, 120, mask_id=mask_id, steps=12, method=method, batch_size=2, generator=gen(0), constraints=c)
+    ps = pitches(remi, out.flatten())
+    assert ps and all(48 <= p <= 84 for p in ps)
+    assert not set(out.flatten().tolist()) & set(remi.special_tokens_ids)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_polyphony_cap(remi, method):
+    chordy = lambda n: 4.0 if n.startswith("Pitch_") else (2.0 if n.startswith(("Position_", "Bar_")) else 0.0)  # noqa: E731
+    model, mask_id = remi_toy(remi, chordy), remi["MASK_None"]
+    free = sample(model, 200, mask_id=mask_id, steps=10, method=method, batch_size=2, generator=gen(1))
+    assert max(max_onset_polyphony(remi, row) for row in free) > 3
+    c = make_constraints(remi, max_polyphony=3)
+    out = sample(model, 200, mask_id=mask_id, steps=10, method=method, batch_size=2, generator=gen(1), constraints=c)
+    assert all(max_onset_polyphony(remi, row) <= 3 for row in out)
+    assert len(pitches(remi, out.flatten())) > 20  # the cap limits chords, it does not ban pitches
+
+
+def test_excess_pitches_ranks_new_pitches_within_their_onset(remi):
+    c = make_constraints(remi, max_polyphony=2)
+    names = ["Bar_None", "Position_0", "Pitch_60", "MASK_None", "MASK_None", "Position_8", "MASK_None", "MASK_None"]
+    x = torch.tensor([[remi[n] for n in names]])
+    known = x != remi["MASK_None"]
+    blocked = c.pitch_blocked(x, known)
+    assert blocked.tolist() == [[False] * 8]  # one pitch at Position_0: room for one more
+    x2 = x.clone()
+    x2[0, [3, 4, 6, 7]] = torch.tensor([remi["Pitch_62"], remi["Pitch_64"], remi["Pitch_50"], remi["Pitch_52"]])
+    new = ~known
+    assert c.excess_pitches(x2, known, new).nonzero()[:, 1].tolist() == [4]  # 3rd pitch of Position_0
+    with pytest.raises(SmdimError, match="pitch_range"):
+        make_constraints(remi, pitch_range=[0, 5])
+
+
+# --- conditioning helpers ---
+
+def test_bar_span_and_infill_keep_bar_tokens():
+    BAR = 9
+    tokens = [BAR, 1, 2, BAR, 3, BAR, 4, 5, 6, BAR, 7]
+    assert bar_span(tokens, {BAR}, 2, 3) == (3, 9)
+    assert bar_span(tokens, {BAR}, 4, 4) == (9, 11)
+    fixed, span = bar_infill_fixed(tokens, {BAR}, 2, 3)
+    assert span == (3, 9)
+    assert fixed[0].tolist() == [BAR, 1, 2, BAR, -1, BAR, -1, -1, -1, BAR, 7]
+    with pytest.raises(SmdimError, match="only 4 bars"):
+        bar_span(tokens, {BAR}, 3, 5)
+
+
+def test_keep_bars_cuts_before_the_next_bar():
+    from smdim.sampling.composer import count_bars, keep_bars
+
+    BAR = 9
+    tokens = [BAR, 1, 2, BAR, 3, BAR, 4]
+    assert keep_bars(tokens, {BAR}, 2) == [BAR, 1, 2, BAR, 3]
+    assert keep_bars(tokens, {BAR}, 5) == tokens and count_bars(tokens, {BAR}) == 3
+
+
+# --- the real SMDIM denoiser ---
+
+@pytest.mark.parametrize("method", METHODS)
+def test_real_denoiser(remi, method):
+    pytest.importorskip("smdim.model.denoiser")
+    from smdim.model.config import ModelConfig
+    from smdim.model.denoiser import Denoiser
+
+    torch.manual_seed(0)
+    model = Denoiser(ModelConfig(vocab_size=len(remi), d_model=32, n_heads=2, n_blocks=1, d_state=4))
+    mask_id = remi["MASK_None"]
+    fixed = prefix_fixed([remi["Bar_None"], remi["Position_0"], remi["Pitch_60"]], 37)
+    c = make_constraints(remi, pitch_range=[40, 90], max_polyphony=4)
+    x, stats = sample_with_stats(
+        model, 37, mask_id=mask_id, steps=16, method=method, generator=gen(3), fixed=fixed, constraints=c
+    )
+    assert not (x == mask_id).any() and torch.equal(x[0, :3], fixed[0, :3])
+    assert all(40 <= p <= 90 for p in pitches(remi, x[0]))
+    if method == "cached":
+        ref = sample(model, 37, mask_id=mask_id, steps=16, generator=gen(3), fixed=fixed, constraints=c)
+        assert torch.equal(x, ref) and stats["network_calls"] < 16
+
+
+def test_params_sections_build():
+    assert load_section(SampleConfig, "sample", ROOT / "params.yaml") == SampleConfig()
+    assert load_section(DiffusionConfig, "diffusion", ROOT / "params.yaml") == DiffusionConfig()
+    with pytest.raises(ConfigError, match="sample: pitch_range must be"):
+        build(SampleConfig, {"pitch_range": [90, 40]}, "sample")
+    with pytest.raises(ConfigError, match="sample.method"):
+        build(SampleConfig, {"method": "beam"}, "sample")

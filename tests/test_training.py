@@ -1,0 +1,305 @@
+"""Training: LR schedule, optimizer groups, resume after SIGKILL, torchrun/DDP, NaN and corrupt
+checkpoint errors. Tiny model, seq_len 64, real POP909 tokens, CPU."""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import run, tool_env
+from torch import nn
+
+from smdim.base import BaseConfig
+from smdim.config import build
+from smdim.errors import SmdimError
+from smdim.training.config import TrainConfig
+from smdim.training.ema import EMA
+from smdim.training.optim import lr_factor, make_scheduler, param_groups
+
+TINY_MODEL = {"d_model": 32, "n_heads": 2, "n_blocks": 1, "stride": 2, "d_state": 4,
+              "expand": 1, "ffn_mult": 2, "dropout": 0.1}
+TINY_TRAIN = {"seq_len": 64, "batch_size": 4, "steps": 40, "lr": 3e-3, "warmup_steps": 5,
+              "eval_every": 10, "eval_batches": 2, "checkpoint_every": 5, "log_every": 5,
+              "num_threads": 1, "progress": False, "ema": 0.9}
+TINY = {"base": {"seed": 7, "device": "cpu"}, "model": TINY_MODEL, "train": TINY_TRAIN}
+
+
+# ---------------------------------------------------------------- schedule, optimizer, EMA
+def test_lr_schedule_warmup_then_cosine_to_floor():
+    f = [lr_factor(s, 10, 100, 0.1) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(f[:10], f[1:10], strict=False)), "linear warm-up rises"
+    assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False)), "cosine decays"
+    assert f[10] == pytest.approx(1.0) and f[-1] == pytest.approx(0.1)
+    assert f[55] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 45 / 89)))
+    # The scheduler applies it to the optimizer.
+    p = nn.Parameter(torch.zeros(2, 2))
+    opt = torch.optim.AdamW([p], lr=2.0)
+    sched = make_scheduler(opt, TrainConfig(steps=100, warmup_steps=10, lr=2.0))
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([2.0 * lr_factor(s, 10, 100, 0.1) for s in range(100)])
+
+
+def test_no_weight_decay_on_norms_biases_embeddings():
+    model = nn.Sequential(nn.Embedding(10, 8), nn.LayerNorm(8), nn.Linear(8, 8), nn.Conv1d(8, 8, 3))
+    a_log = nn.Parameter(torch.zeros(8, 4))
+    a_log._no_weight_decay = True
+    model.register_parameter("A_log", a_log)
+    decay, no_decay = param_groups(model, 0.1)
+    assert {id(p) for p in decay["params"]} == {id(model[2].weight), id(model[3].weight)}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert len(no_decay["params"]) == 6  # embedding, norm weight+bias, 2 biases, A_log
+
+
+def test_train_config_range_checks():
+    with pytest.raises(SmdimError, match=r"train: ema=1.0 must be in \[0, 1\)"):
+        build(TrainConfig, {"ema": 1.0}, "train")
+    with pytest.raises(SmdimError, match="train: seq_len=0 must be >= 1"):
+        build(TrainConfig, {"seq_len": 0}, "train")
+    assert build(TrainConfig, {"lr": "3e-4", "betas": [0.9, 0.95]}, "train").betas == (0.9, 0.95)
+
+
+def test_ema_tracks_weights_and_roundtrips_weights_only(tmp_path):
+    model = nn.Linear(3, 3)
+    ema = EMA(model, 0.5)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    before = ema.shadow["weight"].clone()
+    ema.update(model)  # decay min(0.5, 2/11)
+    d = 2 / 11
+    assert torch.allclose(ema.shadow["weight"], d * before + (1 - d) * model.weight)
+    torch.save(ema.state_dict(), tmp_path / "e.pt")
+    other = EMA(nn.Linear(3, 3), 0.5)
+    other.load_state_dict(torch.load(tmp_path / "e.pt", weights_only=True))
+    assert other.updates == 1 and torch.equal(other.shadow["weight"], ema.shadow["weight"])
+    w = model.weight.detach().clone()
+    with ema.applied(model):
+        assert torch.equal(model.weight, ema.shadow["weight"])
+    assert torch.equal(model.weight, w)
+
+
+# ---------------------------------------------------------------- real tokens for training runs
+@pytest.fixture(scope="session")
+def tokens_dir(shared_data, tmp_path_factory) -> Path:
+    """data/tokens for 24 POP909 songs: a real REMI tokenizer.json and one contract shard."""
+    import miditok
+
+    out = tmp_path_factory.mktemp("tokens")
+    tok = miditok.REMI(miditok.TokenizerConfig(special_tokens=["PAD", "BOS", "EOS", "MASK"]))
+    tok.save(out / "tokenizer.json")
+    rows = []
+    for i, path in enumerate(sorted((shared_data / "pop909").glob("*.mid"))[:24]):
+        seqs = tok.encode(path)
+        ids = [int(v) for v in (seqs[0] if isinstance(seqs, list) else seqs).ids]
+        rows.append((path.stem, "valid" if i % 6 == 0 else "train", ids))
+    table = pa.table({
+        "dataset": pa.array(["pop909"] * len(rows), pa.string()),
+        "piece_id": pa.array([r[0] for r in rows], pa.string()),
+        "split": pa.array([r[1] for r in rows], pa.string()),
+        "source_sha256": pa.array(["0" * 64] * len(rows), pa.string()),
+        "n_tokens": pa.array([len(r[2]) for r in rows], pa.int32()),
+        "n_bars": pa.array([r[2].count(tok["Bar_None"]) for r in rows], pa.int32()),
+        "tokens": pa.array([r[2] for r in rows], pa.list_(pa.int32())),
+    })
+    pq.write_table(table, out / "shard-00000.parquet", compression="zstd")
+    return out
+
+
+def project(make_project, tokens_dir: Path, name: str, overrides: dict | None = None) -> Path:
+    """A temporary project (this repo's code + params with TINY overrides) holding data/tokens."""
+    from conftest import deep_merge
+
+    proj = make_project(deep_merge(TINY, overrides or {}), name=name)
+    shutil.copytree(tokens_dir, proj / "data" / "tokens")
+    return proj
+
+
+def train_cmd() -> list[str]:
+    return [sys.executable, "-m", "pipeline.train"]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def loss_curve(proj: Path) -> list[tuple[int, float]]:
+    with open(proj / "results/train/plots/metrics/loss.tsv", newline="") as f:
+        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f, delimiter="\t")]
+
+
+# ---------------------------------------------------------------- resume after SIGKILL
+def train_project_in_process(proj: Path, monkeypatch) -> object:
+    """What `python -m pipeline.train` does in `proj`, inside this process (saves a startup)."""
+    from smdim.config import load_params
+    from smdim.diffusion.config import DiffusionConfig
+    from smdim.model.config import ModelConfig
+    from smdim.training.loop import TrainPaths, train
+
+    monkeypatch.chdir(proj)
+    params = load_params(proj / "params.yaml")
+    return train(build(BaseConfig, params["base"], "base"), build(ModelConfig, params["model"], "model"),
+                 build(DiffusionConfig, params["diffusion"], "diffusion"),
+                 build(TrainConfig, params["train"], "train"),
+                 TrainPaths(Path("data/tokens"), Path("models"), Path("results/train")))
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(make_project, tokens_dir, monkeypatch):
+    steps = TINY_TRAIN["steps"]
+    ref = project(make_project, tokens_dir, "ref")
+    assert train_project_in_process(ref, monkeypatch).ran
+
+    proj = project(make_project, tokens_dir, "killed")
+    last = proj / "models/checkpoints/last.pt"
+    with open(proj / "killed.log", "w") as logf:
+        p = subprocess.Popen(train_cmd(), cwd=proj, env=tool_env(), stdout=logf, stderr=logf)
+        deadline = time.monotonic() + 120
+        while not last.exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert p.returncode == -signal.SIGKILL, (proj / "killed.log").read_text()[-2000:]
+    killed_at = torch.load(last, weights_only=True)["step"]
+    assert 0 < killed_at < steps and not (proj / "models/model.pt").exists()
+
+    # Resume through DVC: `persist: true` keeps models/ and results/train/ for the stage.
+    out = run([str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", "train"], proj)
+    assert f"resuming from models/checkpoints/last.pt at step {killed_at}" in out.stdout + out.stderr
+    a, b = weights(ref / "models/model.pt"), weights(proj / "models/model.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert loss_curve(proj) == loss_curve(ref)
+    assert [s for s, _ in loss_curve(ref)] == list(range(5, steps + 1, 5))
+    extra = torch.load(proj / "models/model.pt", weights_only=True)["extra"]
+    assert extra["step"] == steps and extra["weights"] == "ema" and extra["pad_id"] == 0
+    assert extra["tokenizer"] == (tokens_dir / "tokenizer.json").read_text()
+    assert {"mask_id", "diffusion", "train"} <= extra.keys()
+    assert not list((proj / "models").rglob("*.tmp")), "temp files of the killed save are removed"
+
+    # Finished: rerunning rewrites nothing.
+    outs = [proj / "models/model.pt", last, proj / "results/train/metrics.json"]
+    mtimes = [p.stat().st_mtime_ns for p in outs]
+    assert not train_project_in_process(proj, monkeypatch).ran
+    assert [p.stat().st_mtime_ns for p in outs] == mtimes
+
+
+# ---------------------------------------------------------------- torchrun / DDP on CPU
+def test_torchrun_two_processes_gloo(make_project, tokens_dir):
+    proj = project(make_project, tokens_dir, "ddp", {"train": {"steps": 4, "checkpoint_every": 2,
+                                                              "eval_every": 2, "log_every": 1}})
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "pipeline.train"], proj)
+    state = torch.load(proj / "models/checkpoints/last.pt", weights_only=True)
+    assert state["step"] == 4
+    assert torch.load(proj / "models/model.pt", weights_only=True)["extra"]["step"] == 4
+    curve = loss_curve(proj)
+    assert [s for s, _ in curve] == [1, 2, 3, 4] and all(np.isfinite([v for _, v in curve]))
+
+
+# ---------------------------------------------------------------- one-line errors
+def _train_in_process(tokens_dir: Path, root: Path, **train_overrides):
+    from smdim.diffusion.config import DiffusionConfig
+    from smdim.model.config import ModelConfig
+    from smdim.training.loop import TrainPaths, train
+
+    cfg = build(TrainConfig, {**TINY_TRAIN, **train_overrides}, "train")
+    return train(BaseConfig(seed=7, device="cpu"), build(ModelConfig, TINY_MODEL, "model"),
+                 DiffusionConfig(), cfg,
+                 TrainPaths(tokens_dir, root / "models", root / "results" / "train"))
+
+
+def test_nan_loss_stops_with_one_line_error(tokens_dir, tmp_path, monkeypatch):
+    import smdim.diffusion.loss as loss_mod
+
+    real, calls = loss_mod.diffusion_loss, []
+
+    def poisoned(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) == 3 else loss), stats
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(loss_mod, "diffusion_loss", poisoned)
+    with pytest.raises(SmdimError) as e:
+        _train_in_process(tokens_dir, tmp_path, steps=6)
+    msg = str(e.value)
+    assert msg.startswith("training diverged at step 3: loss is nan; lower train.lr (now ")
+    assert "\n" not in msg
+
+
+def test_corrupt_resume_checkpoint_is_a_one_line_error(tokens_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    last = tmp_path / "models/checkpoints/last.pt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"PK\x03\x04 definitely not a torch checkpoint")
+    with pytest.raises(SmdimError, match=r"last.pt: corrupt or unreadable resume checkpoint .*; "
+                                         r"delete it to train from scratch$") as e:
+        _train_in_process(tokens_dir, tmp_path, steps=2)
+    assert "\n" not in str(e.value)
+
+
+def test_changed_params_start_fresh(tokens_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = _train_in_process(tokens_dir, tmp_path, steps=4, checkpoint_every=2)
+    assert r.ran and r.step == 4 and r.resumed_from is None
+    # Same params: a no-op. More steps: continues. Another lr: starts fresh.
+    assert not _train_in_process(tokens_dir, tmp_path, steps=4, checkpoint_every=2).ran
+    assert _train_in_process(tokens_dir, tmp_path, steps=6, checkpoint_every=2).resumed_from == 4
+    r = _train_in_process(tokens_dir, tmp_path, steps=6, checkpoint_every=2, lr=1e-3)
+    assert r.ran and r.resumed_from is None
+
+
+# ---------------------------------------------------------------- dvclive resume, presets
+def test_live_resume_drops_points_logged_after_the_checkpoint(tmp_path, monkeypatch):
+    from smdim.training.live import log_metrics, open_live
+
+    monkeypatch.chdir(tmp_path)
+    live = open_live(tmp_path / "train", None)
+    for step in (5, 10, 15, 20):
+        log_metrics(live, step, {"loss": 1.0 / step, "lr": 0.1})
+    live = open_live(tmp_path / "train", 10)  # killed after logging 20, checkpoint at 10
+    log_metrics(live, 15, {"loss": 0.5})
+    with open(tmp_path / "train/plots/metrics/loss.tsv", newline="") as f:
+        rows = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f, delimiter="\t")]
+    assert rows == [(5, 0.2), (10, 0.1), (15, 0.5)]
+    import json
+
+    summary = json.loads((tmp_path / "train/metrics.json").read_text())
+    assert summary == {"loss": 0.5, "lr": 0.1, "step": 15}
+
+
+def test_preset_flags_for_dvc_exp_run(tmp_path):
+    from smdim.training.preset import preset_flags
+
+    (tmp_path / "params.yaml").write_text(
+        "base: {dtype: float32}\nmodel: {d_model: 64}\ntrain: {betas: [0.9, 0.98], ema: 0.0}\n")
+    (tmp_path / "p.yaml").write_text(
+        "base: {dtype: bfloat16}\nmodel: {d_model: 512}\ntrain: {betas: [0.9, 0.95], ema: null}\n")
+    flags = preset_flags(tmp_path / "p.yaml", tmp_path / "params.yaml")
+    assert flags == ["-S", "base.dtype=bfloat16", "-S", "model.d_model=512",
+                     "-S", "train.betas=[0.9,0.95]", "-S", "train.ema=null"]
+    (tmp_path / "bad.yaml").write_text("train: {lr_max: 1}\n")
+    with pytest.raises(SmdimError, match="train.lr_max is not a parameter"):
+        preset_flags(tmp_path / "bad.yaml", tmp_path / "params.yaml")
+
+
+def test_paper_preset_matches_params_keys():
+    from conftest import ROOT
+
+    from smdim.training.preset import preset_flags
+
+    flags = preset_flags(ROOT / "configs/paper.yaml", ROOT / "params.yaml")
+    assert "train.seq_len=2048" in flags and "model.d_model=512" in flags
