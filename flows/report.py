@@ -21,8 +21,11 @@ MAX_ROWS = 40  # a manifest may list every piece: keep the table readable
 
 
 def _fmt(v: Any) -> str:
-    """One table cell: floats to 4 significant digits, pipes escaped."""
-    text = f"{v:.4g}" if isinstance(v, float) else str(v)
+    """One table cell: floats to 4 significant digits (big ones whole), pipes escaped."""
+    if isinstance(v, float):
+        text = f"{v:,.0f}" if abs(v) >= 1e4 and v == v and abs(v) != float("inf") else f"{v:.4g}"
+    else:
+        text = str(v)
     return text.replace("|", "\\|").replace("\n", " ")
 
 

@@ -11,6 +11,15 @@ from smdim.model.scan import selective_scan_fast, selective_scan_ref
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is faster, and much faster on a shared machine (no OMP barriers)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def make_inputs(L: int, dtype: torch.dtype, batch: int = 2, dim: int = 6, n: int = 4, seed: int = 0):
     """Scan inputs with a spread of decays (some near 1, some strong) and grads enabled."""
     g = torch.Generator().manual_seed(seed)
@@ -59,9 +68,9 @@ def test_optional_arguments_and_last_state():
 
 def test_long_sequence_strong_decay_is_finite():
     """Cumulative decays far below float32's range must not overflow (segment products <= 1)."""
-    ins = make_inputs(3000, torch.float32, batch=1, dim=3, n=2)
+    ins = make_inputs(1500, torch.float32, batch=1, dim=3, n=2)
     with torch.no_grad():
-        ins[1].add_(3.0)  # dt ~ 3, A down to -4: exp(-12) per step, exp(-36000) over the sequence
+        ins[1].add_(3.0)  # dt ~ 3, A down to -4: exp(-12) per step, exp(-18000) over the sequence
     out, grads = run(selective_scan_fast, ins)
     ref_out, _ = run(selective_scan_ref, ins)
     assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)

@@ -166,8 +166,16 @@ def _predict(prev: list[tuple[int, float]], length: int) -> float:
 
 def run_row(cfg: BenchmarkConfig, row: dict[str, Any], device: str):
     """Yield (length, cell) for each length of one row, skipping cells over budget."""
+    threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    try:
+        yield from _row_cells(cfg, row, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _row_cells(cfg: BenchmarkConfig, row: dict[str, Any], device: str):
     # Warm-up: first-use library initialisation (oneDNN, lazy imports) must not count as a cell.
     measure_cell(cfg, row, min(64, min(cfg.lengths)), device)
     done_t: list[tuple[int, float]] = []

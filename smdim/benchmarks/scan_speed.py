@@ -33,10 +33,18 @@ def time_scan(fn, batch: int, d: int, n: int, length: int) -> float:
 
 def run_scan_speed(cfg: BenchmarkConfig, progress: bool = True) -> dict[str, Any]:
     """Per length: fast time (min of 2), reference time if predicted within budget, speed-up."""
-    from tqdm.auto import tqdm
-
+    threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    try:
+        return _scan_rows(cfg, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _scan_rows(cfg: BenchmarkConfig, progress: bool) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
     b, d, n = cfg.scan_batch, cfg.scan_d_inner, cfg.d_state
     rows: dict[str, Any] = {}
     ref_done: tuple[int, float] | None = None

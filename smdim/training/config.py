@@ -15,17 +15,17 @@ RESUMABLE_FIELDS = frozenset(
 class TrainConfig:
     seq_len: int = 256  # tokens per training window (paper: 2048)
     batch_size: int = 16  # windows per optimizer step, summed over all DDP ranks
-    steps: int = 1500  # optimizer steps in total (raise it to continue a finished run)
-    lr: float = 1e-3  # peak AdamW learning rate
+    steps: int = 500  # optimizer steps in total (raise it to continue a finished run)
+    lr: float = 2e-3  # peak AdamW learning rate
     weight_decay: float = 0.01  # AdamW decay on matrices (never on norms, biases, embeddings)
     betas: tuple[float, ...] = (0.9, 0.98)  # AdamW (beta1, beta2)
-    warmup_steps: int = 100  # linear warm-up from ~0 to lr (paper: 10k)
+    warmup_steps: int = 40  # linear warm-up from ~0 to lr (paper: 10k)
     min_lr_ratio: float = 0.1  # cosine decays lr to lr * min_lr_ratio at the last step
     grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
     ema: float = 0.0  # EMA decay of the weights (e.g. 0.999); 0 = off
-    eval_every: int = 250  # steps between validation losses (and at the last step)
+    eval_every: int = 100  # steps between validation losses (and at the last step)
     eval_batches: int = 4  # fixed validation batches per evaluation
-    checkpoint_every: int = 100  # steps between resume checkpoints (models/checkpoints/last.pt)
+    checkpoint_every: int = 50  # steps between resume checkpoints (models/checkpoints/last.pt)
     log_every: int = 10  # steps between loss/lr/tokens-per-second log lines
     num_threads: int = 2  # torch CPU threads (shared by the DDP ranks of one machine)
     progress: bool = True  # show a tqdm progress bar
