@@ -1,0 +1,1 @@
+"""Prefect orchestration: the `smdim` flow and its `full` deployment."""

@@ -119,7 +119,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
         item = args[0] if args else Any
         out = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out

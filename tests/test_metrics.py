@@ -231,3 +231,11 @@ def test_melody_memorisation_on_real_songs(shared_data):
     assert new["rate"] <= 0.1 and new["max_similarity"] < 0.6, new
     top = melody_ngrams(make_score(HAND), n=2)  # top line 60 64 67 72 -> intervals 4 3 5
     assert top == {(4, 3), (3, 5)}
+
+
+def test_generated_set_without_usable_pieces_scores_zero(shared_data):
+    refs = sorted((shared_data / "pop909").glob("*.mid"))[:4]
+    res = evaluate([shared_data / "bad-midi" / "empty.mid"], refs)
+    assert res["n_generated"] == 0
+    assert res["oa"]["average"] == 0.0
+    assert res["skipped"]["generated"]["empty"] == 1

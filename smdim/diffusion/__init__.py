@@ -1,0 +1,1 @@
+"""Absorbing (mask) diffusion: schedule, forward masking, ELBO loss."""

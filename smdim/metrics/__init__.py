@@ -1,0 +1,1 @@
+"""Evaluation: per-piece features, Overlapping Area (mgeval procedure), memorisation."""

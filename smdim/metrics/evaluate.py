@@ -47,10 +47,16 @@ def evaluate(
             "OA needs at least 2: check the test split of data/tokens or raise evaluate.max_reference"
         )
     if gen.n < 1:
-        raise SmdimError(
-            f"no usable {what} piece among {len(generated)} ({dict(gen.skipped) or 'none given'}); "
-            "check the sample stage output"
-        )
+        # An untrained or broken model can emit no notes at all. Nothing of it overlaps real music,
+        # so it scores 0 (not an error: an ablation that collapses must still show in metrics diff).
+        log.warning("no usable %s piece among %d (%s): OA = 0", what, len(generated), dict(gen.skipped) or "none given")
+        return {
+            "oa": {**{a: 0.0 for a in attributes}, "average": 0.0},
+            "n_generated": 0,
+            "n_reference": ref.n,
+            "skipped": {"generated": _skips(gen), "reference": _skips(ref)},
+            "feature_means": {"generated": {}, "reference": ref.summary()},
+        }
     oa = set_oa(
         {a: gen.features[a] for a in attributes},
         {a: ref.features[a] for a in attributes},

@@ -1,0 +1,1 @@
+"""The SMDIM denoiser: selective scan, Mamba (CPU/GPU), attention, blocks, checkpoints."""

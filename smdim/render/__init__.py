@@ -1,0 +1,1 @@
+"""Pictures of music: piano rolls and contact sheets."""

@@ -1,0 +1,1 @@
+"""Samplers, conditioning (prefix, infill) and sampling-time constraints."""
