@@ -27,7 +27,7 @@ import yaml
 from conftest import run, tool_env
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # flows/ is a top-level package of the repo, not installed
+if str(ROOT) not in sys.path:  # flows/ is a top-level package of the repo (pytest's pythonpath has it too)
     sys.path.insert(0, str(ROOT))
 
 from flows.dvc import (  # noqa: E402
@@ -249,6 +249,16 @@ def run_logs(served: dict, run_id: str) -> str:
     return "\n".join(entry["message"] for entry in logs)
 
 
+def logs_containing(served: dict, run_id: str, text: str, timeout_s: float = 30.0) -> str:
+    """The run's logs once `text` is among them: Prefect ships logs in batches, after the state."""
+    deadline = time.monotonic() + timeout_s
+    logs = run_logs(served, run_id)
+    while text not in logs and time.monotonic() < deadline:
+        time.sleep(0.5)
+        logs = run_logs(served, run_id)
+    return logs
+
+
 def run_artifacts(served: dict, run_id: str) -> list[dict]:
     """Artifacts a flow run created."""
     return api(served["url"], "POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})
@@ -288,7 +298,7 @@ def test_deployment_run_reproduces_pipeline_and_publishes_report(served, side_ru
     plot = (project / "results/evaluate/plots/oa.png").as_uri()
     assert any(plot in link for link in links), links
 
-    logs = run_logs(served, run_id)
+    logs = logs_containing(served, run_id, "report: results/samples/metrics.json: missing")
     assert "downloaded 5 notes" in logs  # the stage's own stdout, streamed into Prefect
     assert "report: results/samples/metrics.json: missing" in logs
 
@@ -303,7 +313,8 @@ def test_second_run_finds_every_stage_up_to_date(served):
     report = report_of(served, run_id)
     for stage in ("download", "tokenize", "evaluate"):
         assert f"| {stage} | up to date | 0 |" in report
-    assert "Stage 'evaluate' didn't change, skipping" in run_logs(served, run_id)
+    skip = "Stage 'evaluate' didn't change, skipping"
+    assert skip in logs_containing(served, run_id, skip)
     assert (project / "dvc.lock").read_text() == before
 
 
@@ -311,7 +322,7 @@ def test_failing_stage_fails_flow_with_stage_error_in_logs(served, side_runs):
     """A stage that exits non-zero -> flow run FAILED, its error line in the logs, no half output."""
     project, run_id = side_runs["broken"]
     assert wait_final(served, run_id) == "FAILED"
-    logs = run_logs(served, run_id)
+    logs = logs_containing(served, run_id, "failed to reproduce 'evaluate'")
     assert "the reference set is empty; set evaluate.reference" in logs
     assert "failed to reproduce 'evaluate'" in logs
     assert (project / "data/tokens/manifest.json").is_file()  # upstream stages completed
