@@ -11,13 +11,8 @@ from smdim.model.scan import selective_scan_fast, selective_scan_ref
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster, and much faster on a shared machine (no OMP barriers)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny tensors: one thread is faster, and much faster on a shared machine (no OMP barriers).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_inputs(L: int, dtype: torch.dtype, batch: int = 2, dim: int = 6, n: int = 4, seed: int = 0):
