@@ -120,14 +120,17 @@ def _pump(stream, emit: Callable[[str], None], tail: deque | None) -> None:
             tail.append(line)
 
 
-def _run_once(args: list[str], cwd: Path, log: logging.Logger | logging.LoggerAdapter) -> tuple[int, DvcRun]:
-    """Run one command, streaming stdout and stderr into `log` as the lines arrive."""
+def _run_once(
+    args: list[str], cwd: Path, log: logging.Logger | logging.LoggerAdapter, echo_stdout: bool = True
+) -> tuple[int, DvcRun]:
+    """Run one command, streaming stderr (and stdout if echo_stdout) into `log` as the lines arrive."""
     result = DvcRun(args=args)
     tail: deque[str] = deque(maxlen=TAIL_LINES)
 
     def out(line: str) -> None:
         result.stdout.append(line)
-        log.info(line)
+        if echo_stdout:
+            log.info(line)
 
     def err(line: str) -> None:
         (log.error if line.startswith("ERROR") else log.info)(line)
@@ -161,14 +164,19 @@ def run_dvc(
     *,
     lock_wait_s: float = 1800.0,
     lock_poll_s: float = 2.0,
+    echo_stdout: bool = True,
 ) -> DvcRun:
-    """Run `dvc <args>` in `cwd`; while another dvc holds the repo lock, retry for up to `lock_wait_s`."""
+    """Run `dvc <args>` in `cwd`; while another dvc holds the repo lock, retry for up to `lock_wait_s`.
+
+    echo_stdout=False keeps stdout out of the log (still in the result): for machine-readable
+    output such as `--json`, which would be one huge log line.
+    """
     cwd = Path(cwd)
     cmd = [dvc_executable(), *args]
     deadline = time.monotonic() + lock_wait_s
     waits = 0
     while True:
-        rc, result = _run_once(cmd, cwd, log)
+        rc, result = _run_once(cmd, cwd, log, echo_stdout)
         result.lock_waits = waits
         if rc == 0:
             return result

@@ -16,7 +16,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.dvc import list_stages, run_dvc, select_stages, set_args, stage_outcome
-from flows.report import experiment_report, workspace_report
+from flows.report import experiment_report, split_changed, workspace_report
 
 # Cache policy on every task: NO_CACHE, because DVC *is* the cache. It hashes each stage's deps,
 # params and code and skips (or restores from its run cache) whatever is unchanged, in ~1 s. A
@@ -54,9 +54,14 @@ def run_experiment(
     names = run.experiments
     if not names:
         raise RuntimeError(f"dvc exp run in {project_dir} succeeded but named no experiment")
-    diff = run_dvc(["metrics", "diff", "--all", "--json", "HEAD", names[0]], project_dir,
-                   get_run_logger(), lock_wait_s=lock_wait_s)
-    return {"name": names[0], "stages": run.stages, "metrics_diff": json.loads("\n".join(diff.stdout) or "{}")}
+    log = get_run_logger()
+    diff = run_dvc(["metrics", "diff", "--all", "--json", "HEAD", names[0]], project_dir, log,
+                   lock_wait_s=lock_wait_s, echo_stdout=False)
+    metrics_diff = json.loads("\n".join(diff.stdout) or "{}")
+    changed, unchanged = split_changed(metrics_diff)
+    log.info("experiment %s vs HEAD: %d metrics changed, %d unchanged (table in the smdim-report artifact)",
+             names[0], len(changed), len(unchanged))
+    return {"name": names[0], "stages": run.stages, "metrics_diff": metrics_diff}
 
 
 @task(name="report", cache_policy=NO_CACHE)

@@ -119,6 +119,16 @@ def workspace_report(project: Path, stage_results: Sequence[Mapping[str, Any]]) 
     return "\n".join(md) + "\n", missing, plots
 
 
+def split_changed(metrics_diff: Mapping[str, Any]) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
+    """`dvc metrics diff --all --json` entries as ("path: key", entry), split into changed and unchanged."""
+    changed, unchanged = [], []
+    for path, per_key in metrics_diff.items():
+        for key, d in per_key.items():
+            same = "old" in d and "new" in d and d["old"] == d["new"]
+            (unchanged if same else changed).append((f"{path}: {key}", d))
+    return changed, unchanged
+
+
 def experiment_report(project: Path, name: str, overrides: Mapping[str, Any],
                       metrics_diff: Mapping[str, Any], stages: Mapping[str, str]) -> str:
     """Markdown for a `dvc exp run --temp` run: overrides, stage outcomes, metrics vs HEAD."""
@@ -126,9 +136,14 @@ def experiment_report(project: Path, name: str, overrides: Mapping[str, Any],
           "## Parameter overrides", "", table(["parameter", "value"], list(overrides.items())), "",
           "## Stages", "", table(["stage", "outcome"], list(stages.items())), "",
           "## Metrics vs HEAD", ""]
-    rows = [(f"{path}: {key}", d.get("old", ""), d.get("new", ""), d.get("diff", ""))
-            for path, per_key in metrics_diff.items() for key, d in per_key.items()]
-    md.append(table(["metric", "HEAD", name, "change"], rows) if rows else "(no metrics declared in dvc.yaml)")
+    changed, unchanged = split_changed(metrics_diff)
+    rows = [(metric, d.get("old", ""), d.get("new", ""), d.get("diff", "")) for metric, d in changed]
+    if rows:
+        md.append(table(["metric", "HEAD", name, "change"], rows))
+    else:
+        md.append("(no metric changed)" if unchanged else "(no metrics declared in dvc.yaml)")
+    if unchanged:
+        md += ["", f"{len(unchanged)} unchanged metrics not shown (`dvc metrics diff --all HEAD {name}`)."]
     md += ["", f"Bring its outputs (plots, samples) into the workspace with `dvc exp apply {name}`; "
            "compare with `dvc exp show` and `dvc metrics diff`."]
     return "\n".join(md) + "\n"

@@ -40,7 +40,7 @@ from flows.dvc import (  # noqa: E402
     set_args,
     stage_outcome,
 )
-from flows.report import evaluation_markdown, workspace_report  # noqa: E402
+from flows.report import evaluation_markdown, experiment_report, workspace_report  # noqa: E402
 from smdim.errors import SmdimError  # noqa: E402
 
 DVC = str(Path(sys.executable).parent / "dvc")
@@ -448,3 +448,20 @@ def test_evaluation_table_follows_the_metrics_contract():
     assert "| pitch_range | 0.55 | 0.8 |\n| velocity | 0.65 | 1 |\n| **average** | 0.6 | 0.9 |" in md
     assert md.index("| 128 | 0.7 |") < md.index("| 1024 | 0.5 |")
     assert "| n_pieces | 8 |" in md
+
+
+def test_experiment_report_shows_changed_metrics_and_counts_the_rest():
+    """An override that moves two metrics out of hundreds must not bury them in a table of zeros."""
+    diff = {
+        "results/train/metrics.json": {"loss": {"old": 1.5, "new": 1.25, "diff": -0.25},
+                                       "step": {"old": 10, "new": 10, "diff": 0}},
+        "results/evaluate/metrics.json": {"oa.average": {"new": 0.5}},  # absent at HEAD: changed
+        "results/benchmark/metrics.json": {f"cell{i}": {"old": i, "new": i, "diff": 0} for i in range(300)},
+    }
+    md = experiment_report(Path("/p"), "exp1", {"train.steps": 20}, diff, {"train": "ran"})
+    assert "| results/train/metrics.json: loss | 1.5 | 1.25 | -0.25 |" in md
+    assert re.search(r"\| results/evaluate/metrics.json: oa.average \| [^|]* \| 0.5 \|", md)
+    assert "metrics.json: step" not in md and "cell7" not in md
+    assert "301 unchanged metrics not shown" in md
+    same = {"m.json": {"a": {"old": 1, "new": 1, "diff": 0}}}
+    assert "(no metric changed)" in experiment_report(Path("/p"), "e", {}, same, {})
