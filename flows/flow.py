@@ -50,11 +50,11 @@ def run_experiment(
     args = ["exp", "run", "--temp", *set_args(set_params)]
     if experiment_name:
         args += ["--name", experiment_name]
-    run = run_dvc([*args, *stages], project_dir, get_run_logger(), lock_wait_s=lock_wait_s)
+    log = get_run_logger()
+    run = run_dvc([*args, *stages], project_dir, log, lock_wait_s=lock_wait_s)
     names = run.experiments
     if not names:
         raise RuntimeError(f"dvc exp run in {project_dir} succeeded but named no experiment")
-    log = get_run_logger()
     diff = run_dvc(["metrics", "diff", "--all", "--json", "HEAD", names[0]], project_dir, log,
                    lock_wait_s=lock_wait_s, echo_stdout=False)
     metrics_diff = json.loads("\n".join(diff.stdout) or "{}")
