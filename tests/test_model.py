@@ -169,6 +169,9 @@ def test_checkpoint_round_trip(tmp_path):
     x = torch.randint(0, V, (2, 17))
     assert torch.equal(loaded(x), model(x))
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temp file left behind
+    again = tmp_path / "again" / "m.pt"  # same weights, another save: the same bytes (DVC hashes)
+    save_checkpoint(again, model, mask_id=V - 1, step=7, diffusion={"T": 8})
+    assert again.read_bytes() == path.read_bytes()
 
 
 def test_checkpoint_errors(tmp_path):

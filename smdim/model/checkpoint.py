@@ -27,8 +27,18 @@ def save_checkpoint(path: str | os.PathLike, model: Denoiser, **extra: Any) -> N
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": extra,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_atomic(payload, path)
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save through a temp file + rename; equal objects give byte-identical files.
+
+    It saves to an open file, not to the temp path, because torch names the zip's inner folder
+    after the path it is given: the random temp name made every save of the same weights differ,
+    and DVC then saw a changed model (and re-ran sampling) where nothing had changed.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> tuple[Denoiser, dict]:

@@ -15,13 +15,12 @@ from typing import Any
 import torch
 
 from smdim.errors import SmdimError
-from smdim.io import atomic_path
+from smdim.model.checkpoint import save_atomic
 
 
 def save_state(path: str | Path, state: dict[str, Any]) -> None:
     """Write the resume state atomically (temp file + rename: a kill never leaves half a file)."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_atomic(state, path)
 
 
 def load_state(path: str | Path) -> dict[str, Any] | None:
