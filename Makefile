@@ -11,7 +11,8 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export MUSIC21_SCRATCH ?= /tmp/music21
 
-.PHONY: install repro test lint clean-venv prefect-up prefect-down prefect-run
+.PHONY: install repro test lint clean-venv prefect-up prefect-down prefect-run pull-repro ablations \
+	prefect-deploy prefect-worker
 
 install: $(VENV)/.installed
 
@@ -26,6 +27,17 @@ $(VENV)/.installed: pyproject.toml
 
 repro: install
 	$(BIN)/dvc repro
+
+# With a DVC remote (README, "Running on more than one machine"): fetch every artifact the remote
+# has, then reproduce only what is missing or stale.
+pull-repro: install
+	$(BIN)/dvc pull --allow-missing
+	$(BIN)/dvc repro
+
+# The block ablation on DVC's experiment queue: make ablations JOBS=1 ARGS='-S train.steps=1000'
+JOBS ?= 1
+ablations: install
+	$(BIN)/python -m flows.ablations --jobs $(JOBS) $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest
@@ -63,6 +75,18 @@ prefect-up: install
 	fi
 	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  (logs: $(PREFECT_HOME)/server.log, serve.log)"
 	@echo "Run: make prefect-run   or   PREFECT_API_URL=$(PREFECT_URL) $(BIN)/prefect deployment run smdim/full --watch"
+
+# Work-pool deployment (prefect.yaml): deployment smdim/full on the process pool $(PREFECT_POOL);
+# a worker on any machine with a checkout runs it there (prefect-up's `serve` is not needed then).
+PREFECT_POOL ?= smdim-local
+prefect-deploy: install
+	@PREFECT_API_URL=$(PREFECT_URL) $(BIN)/prefect work-pool inspect $(PREFECT_POOL) > /dev/null 2>&1 || \
+	  PREFECT_API_URL=$(PREFECT_URL) $(BIN)/prefect work-pool create $(PREFECT_POOL) --type process
+	PREFECT_API_URL=$(PREFECT_URL) $(BIN)/prefect work-pool set-concurrency-limit $(PREFECT_POOL) 1
+	PREFECT_API_URL=$(PREFECT_URL) $(BIN)/prefect --no-prompt deploy --name full
+
+prefect-worker: install
+	PREFECT_API_URL=$(PREFECT_URL) SMDIM_PROJECT_DIR=$(CURDIR) $(BIN)/prefect worker start --pool $(PREFECT_POOL)
 
 prefect-run: install
 	PREFECT_API_URL=$(PREFECT_URL) $(BIN)/prefect deployment run smdim/full --watch

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 
-from conftest import BIN, run
+import yaml
+from conftest import BIN, ROOT, run
 from test_end_to_end import tiny_params
 
 DVC = str(BIN / "dvc")
@@ -34,3 +36,31 @@ def test_second_clone_pulls_instead_of_retraining(make_project, shared_data, tmp
     assert (b / "models/model.pt").stat().st_mtime_ns == model_mtime, "train ran again"
     assert run(["git", "status", "--porcelain"], b).stdout == ""  # nothing changed, not even dvc.lock
     assert json.loads(run([DVC, "status", "--cloud", "--json"], b).stdout) == {}
+
+
+def test_block_ablation_is_one_command(make_project, shared_data):
+    """flows.ablations queues one DVC experiment per block, runs the queue and tabulates them."""
+    proj = make_project(tiny_params(shared_data), name="sweep")
+    p = run([sys.executable, "-m", "flows.ablations", "--blocks", "mamba", "transformer", "--jobs", "1",
+             "-S", "train.steps=4", "--prefix", "t", "--project-dir", str(proj)], ROOT)
+    table = (proj / "results/ablations/table.md").read_text()
+    assert "| mamba | t-mamba |" in table and "| transformer | t-transformer |" in table, p.stdout
+    rows = json.loads((proj / "results/ablations/table.json").read_text())["rows"]
+    assert [r["block"] for r in rows] == ["mamba", "transformer"]
+    assert all(0 <= r["oa_average"] <= 1 and r["val_loss"] > 0 and r["train_s"] > 0 for r in rows)
+    assert rows[0]["val_loss"] != rows[1]["val_loss"]  # two different models were trained
+    assert (proj / "results/ablations/table.png").read_bytes()[:4] == b"\x89PNG"
+    shown = json.loads(run([DVC, "exp", "show", "--json"], proj).stdout)
+    assert {"t-mamba", "t-transformer"} <= _experiment_names(shown)
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    assert params["model"]["block"] == "mfa" and params["train"]["steps"] == 6  # workspace untouched
+
+
+def _experiment_names(node) -> set[str]:
+    """Every "name" in `dvc exp show --json` (its nesting differs between DVC versions)."""
+    if isinstance(node, dict):
+        names = {node["name"]} if isinstance(node.get("name"), str) else set()
+        return names.union(*(_experiment_names(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_experiment_names(v) for v in node))
+    return set()
