@@ -14,6 +14,7 @@ import pytest
 import yaml
 from conftest import deep_merge, run
 
+from flows.report import workspace_report
 from smdim.config import load_params
 from smdim.data.shards import write_shards
 from smdim.metrics.pieces import midi_files
@@ -218,3 +219,14 @@ def test_browser_check_reports_broken_files(report_dir, tmp_path):
     found = problems(check_page(page / "index.html"))
     assert any("image not decoded: pieces/generated/000.png" in p for p in found), found
     assert any("audio without duration: pieces/generated/001.ogg" in p for p in found), found
+
+
+def test_flow_report_links_the_page(report_dir, tmp_path):
+    _, missing, _ = workspace_report(tmp_path, [])
+    assert "results/report/index.html: missing (written by the report stage)" in missing
+    project = report_dir.parent.parent
+    md, missing, plots = workspace_report(project, [])
+    assert f"[results/report/index.html]({(report_dir / 'index.html').as_uri()})" in md
+    assert "3 generated and 2 test pieces, audio by " in md
+    assert not any("results/report" in m for m in missing)
+    assert all("results/report" not in p.as_posix() for p in plots)  # its copies are not listed twice
