@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -28,12 +27,6 @@ LOCK_MESSAGES = ("Unable to acquire lock", "is busy, it is being blocked by")
 PROGRESS_EVERY_S = 15.0
 TAIL_LINES = 12
 
-_STAGE_EVENTS = (
-    (re.compile(r"^Running stage '(?P<stage>[^']+)'"), "ran"),
-    (re.compile(r"^Stage '(?P<stage>[^']+)' didn't change, skipping"), "up to date"),
-    (re.compile(r"^Stage '(?P<stage>[^']+)' is cached - skipping run"), "restored from run cache"),
-)
-_EXPERIMENT = re.compile(r"^Ran experiment\(s\): (?P<names>.+)$")
 
 
 class DvcError(SmdimError):
@@ -53,25 +46,6 @@ class DvcRun:
     stderr_tail: list[str] = field(default_factory=list)
     lock_waits: int = 0
 
-    @property
-    def stages(self) -> dict[str, str]:
-        """Stage name -> 'ran' | 'up to date' | 'restored from run cache', in output order."""
-        out: dict[str, str] = {}
-        for line in self.stdout:
-            for pattern, status in _STAGE_EVENTS:
-                m = pattern.match(line)
-                if m:
-                    out[m["stage"]] = status
-        return out
-
-    @property
-    def experiments(self) -> list[str]:
-        """Names of the experiments `dvc exp run` reported."""
-        for line in self.stdout:
-            m = _EXPERIMENT.match(line)
-            if m:
-                return [n.strip() for n in m["names"].split(",")]
-        return []
 
 
 def dvc_executable() -> str:
@@ -165,17 +139,21 @@ def run_dvc(
     lock_wait_s: float = 1800.0,
     lock_poll_s: float = 2.0,
     echo_stdout: bool = True,
+    before_attempt: Callable[[], None] | None = None,
 ) -> DvcRun:
     """Run `dvc <args>` in `cwd`; while another dvc holds the repo lock, retry for up to `lock_wait_s`.
 
     echo_stdout=False keeps stdout out of the log (still in the result): for machine-readable
-    output such as `--json`, which would be one huge log line.
+    output such as `--json`, which would be one huge log line. before_attempt runs right before
+    each try, e.g. to read dvc.lock once no other dvc process can still change it.
     """
     cwd = Path(cwd)
     cmd = [dvc_executable(), *args]
     deadline = time.monotonic() + lock_wait_s
     waits = 0
     while True:
+        if before_attempt is not None:
+            before_attempt()
         rc, result = _run_once(cmd, cwd, log, echo_stdout)
         result.lock_waits = waits
         if rc == 0:
@@ -228,12 +206,43 @@ def select_stages(available: Sequence[str], requested: Sequence[str] | None) -> 
     return sorted(dict.fromkeys(requested), key=lambda n: order[n.split("@", 1)[0]])
 
 
+def lock_entries(project: str | os.PathLike, rev: str | None = None) -> dict[str, Any]:
+    """The stage entries of dvc.lock, in the workspace or at git revision `rev` ({} if none).
+
+    dvc.lock is DVC's machine-readable record of what each stage last ran with (deps, params,
+    outs hashes): a stage whose entry changed was reproduced, one whose entry did not was not.
+    """
+    project = Path(project)
+    if rev is None:
+        path = project / "dvc.lock"
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+    else:
+        p = subprocess.run(["git", "show", f"{rev}:dvc.lock"], cwd=project, capture_output=True, text=True)
+        text = p.stdout if p.returncode == 0 else ""
+    doc = yaml.safe_load(text) or {}
+    return dict(doc.get("stages") or {}) if isinstance(doc, dict) else {}
+
+
+def changed_stages(before: dict[str, Any], after: dict[str, Any]) -> dict[str, str]:
+    """Stage -> 'ran' for every dvc.lock entry that differs (ran, or restored from DVC's run cache)."""
+    return {name: "ran" for name, entry in after.items() if before.get(name) != entry}
+
+
+def experiment_rev(project: str | os.PathLike, name: str) -> str:
+    """The git commit of DVC experiment `name` (DVC keeps experiments as refs under refs/exps/)."""
+    p = subprocess.run(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"],
+                       cwd=project, capture_output=True, text=True, check=True)
+    for line in p.stdout.splitlines():
+        sha, ref = line.split(" ", 1)
+        if ref.rsplit("/", 1)[-1] == name:
+            return sha
+    raise SmdimError(f"dvc experiment {name!r} not found under refs/exps in {project}")
+
+
 def stage_outcome(stage: str, outcomes: dict[str, str]) -> str:
-    """One stage's (or a foreach group's) outcome from `DvcRun.stages`: 'ran' if any item ran."""
+    """One stage's (or a foreach group's) outcome from `changed_stages`: 'ran' if any item ran."""
     own = [v for k, v in outcomes.items() if k == stage or k.startswith(f"{stage}@")]
-    if not own:
-        return "unknown"
-    return "ran" if "ran" in own else own[-1]
+    return "ran" if "ran" in own else "up to date"
 
 
 def set_args(overrides: dict[str, Any]) -> list[str]:

@@ -8,6 +8,8 @@ logs and artifacts on top.
 from __future__ import annotations
 
 import json
+import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,16 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.dvc import list_stages, run_dvc, select_stages, set_args, stage_outcome
+from flows.dvc import (
+    changed_stages,
+    experiment_rev,
+    list_stages,
+    lock_entries,
+    run_dvc,
+    select_stages,
+    set_args,
+    stage_outcome,
+)
 from flows.report import PAGE, experiment_report, split_changed, workspace_report
 
 # Cache policy on every task: NO_CACHE, because DVC *is* the cache. It hashes each stage's deps,
@@ -26,11 +37,13 @@ from flows.report import PAGE, experiment_report, split_changed, workspace_repor
 
 @task(name="dvc-stage", task_run_name="{stage}", cache_policy=NO_CACHE)
 def reproduce_stage(stage: str, project_dir: str, lock_wait_s: float) -> dict[str, Any]:
-    """`dvc repro <stage>` in the workspace; returns the stage's outcome (ran / up to date / restored)."""
+    """`dvc repro <stage>` in the workspace; returns the stage's outcome (ran / up to date)."""
     # With its upstream (not --single-item): a run restricted to, say, ["train"] still refreshes
     # stale data first, and DVC's check of an up-to-date upstream stage costs well under a second.
-    run = run_dvc(["repro", stage], project_dir, get_run_logger(), lock_wait_s=lock_wait_s)
-    outcomes = run.stages
+    before: dict[str, Any] = {}
+    run = run_dvc(["repro", stage], project_dir, get_run_logger(), lock_wait_s=lock_wait_s,
+                  before_attempt=lambda: before.update(lock=lock_entries(project_dir)))
+    outcomes = changed_stages(before["lock"], lock_entries(project_dir))
     return {
         "stage": stage,
         "status": stage_outcome(stage, outcomes),
@@ -47,21 +60,21 @@ def run_experiment(
     """`dvc exp run --temp -S ...`: the overridden pipeline runs in a copy, recorded as an experiment."""
     # --temp keeps the user's params.yaml and outputs untouched: a plain `dvc exp run -S` would leave
     # the overrides in params.yaml, and the next scheduled run of `full` would silently inherit them.
-    args = ["exp", "run", "--temp", *set_args(set_params)]
-    if experiment_name:
-        args += ["--name", experiment_name]
+    # Named here, not by DVC, so the flow knows it without reading DVC's human-readable output.
+    name = experiment_name or f"flow-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    args = ["exp", "run", "--temp", "--name", name, *set_args(set_params)]
     log = get_run_logger()
-    run = run_dvc([*args, *stages], project_dir, log, lock_wait_s=lock_wait_s)
-    names = run.experiments
-    if not names:
-        raise RuntimeError(f"dvc exp run in {project_dir} succeeded but named no experiment")
-    diff = run_dvc(["metrics", "diff", "--all", "--json", "HEAD", names[0]], project_dir, log,
+    run_dvc([*args, *stages], project_dir, log, lock_wait_s=lock_wait_s)
+    outcomes = changed_stages(lock_entries(project_dir, "HEAD"),
+                              lock_entries(project_dir, experiment_rev(project_dir, name)))
+    diff = run_dvc(["metrics", "diff", "--all", "--json", "HEAD", name], project_dir, log,
                    lock_wait_s=lock_wait_s, echo_stdout=False)
     metrics_diff = json.loads("\n".join(diff.stdout) or "{}")
     changed, unchanged = split_changed(metrics_diff)
     log.info("experiment %s vs HEAD: %d metrics changed, %d unchanged (table in the smdim-report artifact)",
-             names[0], len(changed), len(unchanged))
-    return {"name": names[0], "stages": run.stages, "metrics_diff": metrics_diff}
+             name, len(changed), len(unchanged))
+    stage_fates = {s: stage_outcome(s, outcomes) for s in stages}
+    return {"name": name, "stages": stage_fates, "metrics_diff": metrics_diff}
 
 
 @task(name="report", cache_policy=NO_CACHE)

@@ -6,13 +6,13 @@ import argparse
 import os
 from pathlib import Path
 
-from smdim.base import BaseConfig
 from smdim.benchmarks.config import BenchmarkConfig
 from smdim.benchmarks.efficiency import machine_info, run_efficiency
 from smdim.benchmarks.report import write_reports
 from smdim.benchmarks.scan_speed import run_scan_speed
 from smdim.config import build, load_params, to_dict
-from smdim.stage import resolve_device, run_stage, seed_everything
+from smdim.errors import run_stage
+from smdim.runtime import BaseConfig, resolve_device, seed_everything
 
 
 def main() -> None:

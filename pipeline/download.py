@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from smdim.base import BaseConfig
 from smdim.config import load_section
 from smdim.data.config import DownloadConfig
 from smdim.data.sources import fetch_dataset
+from smdim.errors import run_stage
 from smdim.io import atomic_dir
-from smdim.stage import run_stage
+from smdim.runtime import BaseConfig
 
 
 def main() -> None:

@@ -7,14 +7,14 @@ import logging
 import time
 from pathlib import Path
 
-from smdim.base import BaseConfig
 from smdim.config import build, load_params
 from smdim.data.shards import read_shards
+from smdim.errors import run_stage
 from smdim.io import write_json, write_text
 from smdim.metrics.config import EvaluateConfig
 from smdim.metrics.evaluate import evaluate_run
 from smdim.metrics.report import length_records, markdown_report, plot_bars, plot_vs_length
-from smdim.stage import run_stage, seed_everything
+from smdim.runtime import BaseConfig, seed_everything
 from smdim.tokenization.decode import tokens_to_score
 from smdim.tokenization.tokenizer import load_tokenizer
 

@@ -10,12 +10,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from smdim.base import BaseConfig
 from smdim.config import build, load_params
+from smdim.errors import run_stage
 from smdim.io import atomic_dir
 from smdim.report.build import Inputs, build_report
 from smdim.report.config import ReportConfig
-from smdim.stage import run_stage
+from smdim.runtime import BaseConfig
 
 log = logging.getLogger("smdim.report")
 

@@ -6,10 +6,10 @@ import logging
 import time
 from pathlib import Path
 
-from smdim.base import BaseConfig
 from smdim.config import load_section
+from smdim.errors import run_stage
 from smdim.io import atomic_dir, write_json
-from smdim.stage import run_stage
+from smdim.runtime import BaseConfig
 from smdim.tokenization.config import TokenizeConfig
 from smdim.tokenization.corpus import stage_metrics, tokenize_corpus, write_token_dataset
 

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from smdim.base import BaseConfig
 from smdim.config import build, load_params
-from smdim.stage import run_stage
+from smdim.diffusion.config import DiffusionConfig
+from smdim.errors import run_stage
+from smdim.model.config import ModelConfig
+from smdim.runtime import BaseConfig
+from smdim.training.config import TrainConfig
+from smdim.training.loop import TrainPaths, train
 
 
 def main() -> None:
     """Read params.yaml and train."""
-    from smdim.diffusion.config import DiffusionConfig
-    from smdim.model.config import ModelConfig
-    from smdim.training.config import TrainConfig
-    from smdim.training.loop import TrainPaths, train
-
     params = load_params()
     train(
         build(BaseConfig, params.get("base"), "base"),

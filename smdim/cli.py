@@ -6,10 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from smdim.errors import SmdimError
+from smdim.errors import SmdimError, run_stage
+from smdim.sampling.config import METHODS, SampleConfig
 
-# Kept in sync with smdim.sampling.samplers.METHODS (not imported: `smdim --help` stays instant).
-METHODS = ("ancestral", "cached", "confidence")
+# The sampling defaults are the `sample` section's (params.yaml equals these dataclass defaults).
+DEFAULTS = SampleConfig()
 
 
 def _bars(text: str) -> tuple[int, int]:
@@ -25,11 +26,12 @@ def _bars(text: str) -> tuple[int, int]:
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", default="models/model.pt", help="trained denoiser (default: %(default)s)")
+    p.add_argument("--checkpoint", default=DEFAULTS.checkpoint, help="trained denoiser (default: %(default)s)")
     p.add_argument("--out", required=True, type=Path, help="output MIDI file")
-    p.add_argument("--method", choices=METHODS, default="cached", help="sampler (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=64, help="denoising steps (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature, 0 = greedy")
+    p.add_argument("--method", choices=METHODS, default=DEFAULTS.method, help="sampler (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=DEFAULTS.steps, help="denoising steps (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=DEFAULTS.temperature,
+                   help="softmax temperature, 0 = greedy (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--pitch-range", type=int, nargs=2, metavar=("LO", "HI"), help="allowed MIDI pitches")
     p.add_argument("--max-polyphony", type=int, metavar="K", help="max notes starting together")
@@ -45,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate a new piece")
     _sampling_args(g)
-    g.add_argument("--tokens", type=int, default=512, help="tokens to generate (default: %(default)s)")
+    g.add_argument("--tokens", type=int, default=DEFAULTS.n_tokens, help="tokens to generate (default: %(default)s)")
     g.add_argument("--bars", type=int, help="keep the first BARS bars of the generated tokens")
     i = sub.add_parser("infill", help="regenerate bars of an existing MIDI file, keeping the rest")
     _sampling_args(i)
@@ -118,7 +120,9 @@ def _sampler_kw(args, composer, ban_prefixes=()) -> dict:
 
 
 def _device(name: str) -> str:
-    from smdim.stage import resolve_device
+    from smdim.runtime import (
+        resolve_device,  # lazy like every torch import here: `--help` stays instant
+    )
 
     return resolve_device(name)
 
@@ -139,8 +143,6 @@ def _write(composer, ids: list[int], args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `smdim` console script."""
-    from smdim.stage import run_stage
-
     args = parser().parse_args(argv)
     run_stage(lambda: {"generate": generate, "infill": infill}[args.command](args))
 

@@ -1,20 +1,23 @@
-"""Typed configuration: build validated dataclasses from params.yaml sections.
+"""Typed configuration: params.yaml sections -> validated frozen dataclasses, via pydantic.
 
-Each layer owns its config dataclass (e.g. `smdim.model.config.ModelConfig`); this module only
-knows how to turn a mapping into one, with one-line errors that name the parameter.
+Each layer owns its config dataclass (e.g. `smdim.model.config.ModelConfig`), and its defaults
+are the project's defaults: `tests/test_config.py` proves that every section of params.yaml
+equals them. This module only turns a mapping into such a dataclass, with one line per error
+that names `section.key`, the bad value and what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
+import functools
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, TypeVar
 
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from smdim.errors import ConfigError
 
@@ -43,34 +46,19 @@ def load_section(cls: type[T], section: str, path: str | Path = PARAMS_FILE) -> 
     params = load_params(path)
     if section not in params:
         raise ConfigError(f"{path}: section '{section}' is missing; add it (see README)")
-    return build(cls, params[section] or {}, section)
+    return build(cls, params[section], section)
 
 
 def build(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
-    """Build dataclass `cls` from `data`, checking names and types; `where` prefixes errors."""
-    if data is None:
+    """Validate `data` into dataclass `cls`; `where` (e.g. 'train') prefixes every error."""
+    if data is None:  # an empty YAML section
         data = {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        k = unknown[0]
-        close = difflib.get_close_matches(str(k), list(fields), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(fields)}"
-        raise ConfigError(f"{where}.{k}: unknown parameter{hint}")
-    kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], f"{where}.{name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{where}.{name}: required parameter is missing")
+        raise ConfigError(f"{where}: expected a mapping of parameters, got {data!r}")
     try:
-        obj = cls(**kwargs)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{where}: {e}") from None
-    return obj
+        return _adapter(cls).validate_python(dict(data))
+    except ValidationError as e:
+        raise ConfigError("\n".join(_describe(cls, err, where) for err in e.errors())) from None
 
 
 def to_dict(obj: Any) -> Any:
@@ -84,70 +72,49 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+@functools.cache
+def _adapter(cls: type) -> TypeAdapter:
+    _forbid_unknown(cls)
+    return TypeAdapter(cls)
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    origin = get_origin(tp)
-    args = get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise errors[0] if len(errors) == 1 else ConfigError(
-            f"{where}: {value!r} is not one of {' | '.join(_type_name(a) for a in args)}"
-        )
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        return build(tp, value, where)
-    if origin in (list, tuple, typing.Sequence) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
-        item = args[0] if args else Any
-        out = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(out) if origin is tuple else out
-    if origin in (dict, Mapping) or tp is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        vt = args[1] if len(args) == 2 else Any
-        return {k: _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            # YAML reads 1e-3 (no dot) as a string: accept it if it parses.
-            if isinstance(value, str):
-                try:
-                    return float(value)
-                except ValueError:
-                    pass
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
+def _forbid_unknown(cls: type) -> None:
+    """Make pydantic reject unknown keys in `cls` and every dataclass nested in it.
+
+    Set here rather than in each config module, so those stay plain dataclasses that import
+    nothing (the CLI reads their defaults without paying for pydantic's import).
+    """
+    if "__pydantic_config__" not in vars(cls):
+        cls.__pydantic_config__ = ConfigDict(extra="forbid")
+    for tp in typing.get_type_hints(cls).values():
+        for t in (tp, *typing.get_args(tp)):
+            if dataclasses.is_dataclass(t):
+                _forbid_unknown(t)
+
+
+def _describe(cls: type, err: Mapping[str, Any], where: str) -> str:
+    """One pydantic error -> 'section.key: what is wrong (got value)'."""
+    loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+    key = ".".join([where, *(str(p) for p in err["loc"])])
+    kind, msg = err["type"], err["msg"]
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        known = _field_names(cls, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(known)}"
+        return f"{key}: unknown parameter; {hint}"
+    if kind == "missing":
+        return f"{key}: required parameter is missing"
+    if kind == "value_error":  # raised by a __post_init__: its message names the field
+        return f"{key}: {msg.removeprefix('Value error, ')}"
+    return f"{key}: {msg[0].lower()}{msg[1:]}, got {err.get('input')!r}"
+
+
+def _field_names(cls: type, path: list[str]) -> list[str]:
+    """Field names of the dataclass reached from `cls` by following `path` (field names)."""
+    for name in path:
+        tp = typing.get_type_hints(cls).get(name)
+        nested = [t for t in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(t)]
+        if not nested:
+            return []
+        cls = nested[0]
+    return [f.name for f in dataclasses.fields(cls)]

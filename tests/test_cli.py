@@ -148,7 +148,14 @@ def test_console_script_is_declared():
     assert 'smdim = "smdim.cli:main"' in (ROOT / "pyproject.toml").read_text()
     p = run([sys.executable, "-m", "smdim.cli", "--help"], ROOT)
     assert "generate" in p.stdout and "infill" in p.stdout
-    from smdim import cli
-    from smdim.sampling.samplers import METHODS
 
-    assert cli.METHODS == METHODS
+
+def test_cli_defaults_are_the_sample_sections():
+    """The CLI has no sampling defaults of its own: they are SampleConfig's (= params.yaml's)."""
+    from smdim import cli
+    from smdim.sampling.config import SampleConfig
+
+    args = cli.parser().parse_args(["generate", "--out", "x.mid"])
+    cfg = SampleConfig()
+    assert (args.checkpoint, args.method, args.steps, args.temperature, args.tokens) == (
+        cfg.checkpoint, cfg.method, cfg.steps, cfg.temperature, cfg.n_tokens)

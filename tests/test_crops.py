@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from smdim.data.crops import CropSampler, load_pieces, validation_batches
 from smdim.errors import SmdimError
+from smdim.training.crops import CropSampler, load_pieces, validation_batches
 
 BAR, PAD = 4, 0
 

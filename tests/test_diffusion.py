@@ -13,6 +13,8 @@ from smdim.diffusion.loss import diffusion_loss, masked_loss
 from smdim.diffusion.masking import mask_tokens
 from smdim.diffusion.schedule import make_schedule
 from smdim.errors import ConfigError
+from smdim.model.config import ModelConfig
+from smdim.model.denoiser import Denoiser
 
 
 def sched(**kw):
@@ -138,10 +140,6 @@ def test_diffusion_loss_of_uniform_model_is_log_v_times_weighted_mask_fraction()
 
 
 def test_loss_with_real_denoiser_is_finite_and_differentiable():
-    pytest.importorskip("smdim.model.denoiser")
-    from smdim.model.config import ModelConfig
-    from smdim.model.denoiser import Denoiser
-
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=20, d_model=32, n_heads=2, n_blocks=1)
     model = Denoiser(cfg)

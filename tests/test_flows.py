@@ -360,6 +360,7 @@ def test_param_overrides_run_as_experiment_and_leave_params_yaml(served, side_ru
     assert "scale7" in run([DVC, "exp", "list", "--name-only"], project).stdout
     report = report_of(served, run_id)
     assert "| evaluate.scale | 7 |" in report
+    assert "| evaluate | ran |" in report  # read from the experiment's dvc.lock, not DVC's output
     assert re.search(r"\| results/evaluate/metrics.json: oa.average \| [^|]* \| 0.35 \|", report), report
 
 
@@ -376,7 +377,7 @@ def test_stage_selection_follows_dvc_yaml_order(tmp_path):
     assert select_stages(stages, ["evaluate", "download"]) == ["download", "evaluate"]
     assert select_stages(stages, ["evaluate", "download@maestro"]) == ["download@maestro", "evaluate"]
     assert stage_outcome("download", {"download@a": "up to date", "download@b": "ran"}) == "ran"
-    assert stage_outcome("tokenize", {"download": "ran"}) == "unknown"
+    assert stage_outcome("tokenize", {"download": "ran"}) == "up to date"
     with pytest.raises(SmdimError, match="unknown stage 'trian'; dvc.yaml has download, tokenize"):
         select_stages(stages, ["trian"])
     with pytest.raises(SmdimError, match="no stages"):
@@ -410,7 +411,7 @@ def test_locked_repository_times_out_clearly_then_runs(tmp_path):
         lock.unlock()
     assert not (project / "data/raw").exists()
     done = run_dvc(["repro", "download"], project, log, lock_wait_s=1.0)
-    assert done.stages == {"download": "ran"} and done.lock_waits == 0
+    assert done.lock_waits == 0 and (project / "data/raw").exists()
 
 
 def test_failing_command_error_carries_stderr_tail(tmp_path):

@@ -182,12 +182,21 @@ def test_checkpoint_errors(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(SmdimError, match="not a readable checkpoint"):
+    with pytest.raises(SmdimError, match=r"truncated.pt: not a PyTorch checkpoint \(truncated"):
         load_checkpoint(truncated)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00not a checkpoint" * 10)
-    with pytest.raises(SmdimError, match="not a readable checkpoint"):
+    with pytest.raises(SmdimError, match="garbage.pt: not a PyTorch checkpoint") as e:
         load_checkpoint(garbage)
+    assert "weights_only" not in str(e.value) and "\n" not in str(e.value)
+    (tmp_path / "models").mkdir()
+    save_checkpoint(tmp_path / "models" / "model.pt", model)
+    with pytest.raises(SmdimError, match=r"models: is a directory \(it holds model.pt\); pass .*models/model.pt"):
+        load_checkpoint(tmp_path / "models")
+    resume = tmp_path / "last.pt"
+    torch.save({"step": 3, "fingerprint": {}, "model": model.state_dict()}, resume)
+    with pytest.raises(SmdimError, match="last.pt: a training resume state, not a model; use models/model.pt"):
+        load_checkpoint(resume)
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": model.state_dict()}, foreign)
     with pytest.raises(SmdimError, match="not an smdim denoiser checkpoint"):

@@ -7,12 +7,13 @@ import math
 import miditok
 import pytest
 import torch
-from conftest import ROOT
 
-from smdim.config import build, load_section
+from smdim.config import build
 from smdim.diffusion.config import DiffusionConfig
 from smdim.diffusion.schedule import make_schedule
 from smdim.errors import ConfigError, SmdimError
+from smdim.model.config import ModelConfig
+from smdim.model.denoiser import Denoiser
 from smdim.sampling.conditioning import bar_infill_fixed, bar_span, prefix_fixed, span_fixed
 from smdim.sampling.config import SampleConfig
 from smdim.sampling.constraints import make_constraints
@@ -218,10 +219,6 @@ def test_keep_bars_cuts_before_the_next_bar():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_real_denoiser(remi, method):
-    pytest.importorskip("smdim.model.denoiser")
-    from smdim.model.config import ModelConfig
-    from smdim.model.denoiser import Denoiser
-
     torch.manual_seed(0)
     model = Denoiser(ModelConfig(vocab_size=len(remi), d_model=32, n_heads=2, n_blocks=1, d_state=4))
     mask_id = remi["MASK_None"]
@@ -237,9 +234,7 @@ def test_real_denoiser(remi, method):
         assert torch.equal(x, ref) and stats["network_calls"] < 16
 
 
-def test_params_sections_build():
-    assert load_section(SampleConfig, "sample", ROOT / "params.yaml") == SampleConfig()
-    assert load_section(DiffusionConfig, "diffusion", ROOT / "params.yaml") == DiffusionConfig()
+def test_sample_config_range_errors():
     with pytest.raises(ConfigError, match="sample: pitch_range must be"):
         build(SampleConfig, {"pitch_range": [90, 40]}, "sample")
     with pytest.raises(ConfigError, match="sample.method"):

@@ -20,9 +20,9 @@ import torch
 from conftest import run, tool_env
 from torch import nn
 
-from smdim.base import BaseConfig
 from smdim.config import build
 from smdim.errors import SmdimError
+from smdim.runtime import BaseConfig
 from smdim.training.config import TrainConfig
 from smdim.training.ema import EMA
 from smdim.training.optim import lr_factor, make_scheduler, param_groups
@@ -197,14 +197,52 @@ def test_resume_after_sigkill_matches_uninterrupted_run(make_project, tokens_dir
 
 
 # ---------------------------------------------------------------- torchrun / DDP on CPU
+_DUMP_EACH_RANK = """
+import torch
+import smdim.training.loop as loop
+from pipeline.train import main
+
+save_final = loop.save_final
+
+
+def dump_then_save(run):
+    torch.save(run.model.state_dict(), f"weights-rank{run.info.rank}.pt")
+    save_final(run)
+
+
+loop.save_final = dump_then_save
+main()
+"""
+
+
+def _initial_head(proj: Path) -> torch.Tensor:
+    """The head weights a fresh run starts from (seeded init), to prove training moved them."""
+    from smdim.model.config import ModelConfig
+    from smdim.model.denoiser import Denoiser
+    from smdim.runtime import seed_everything
+
+    saved = torch.load(proj / "models/model.pt", weights_only=True)
+    seed_everything(TINY["base"]["seed"])
+    return Denoiser(build(ModelConfig, saved["config"], "model")).state_dict()["head.weight"]
+
+
 def test_torchrun_two_processes_gloo(make_project, tokens_dir):
     proj = project(make_project, tokens_dir, "ddp", {"train": {"steps": 4, "checkpoint_every": 2,
                                                               "eval_every": 2, "log_every": 1}})
+    # Each rank also dumps its own final weights (rank 0 alone writes model.pt), to compare them.
+    (proj / "train_and_dump.py").write_text(_DUMP_EACH_RANK)
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "pipeline.train"], proj)
+         "train_and_dump.py"], proj)
     state = torch.load(proj / "models/checkpoints/last.pt", weights_only=True)
     assert state["step"] == 4
-    assert torch.load(proj / "models/model.pt", weights_only=True)["extra"]["step"] == 4
+    saved = torch.load(proj / "models/model.pt", weights_only=True)
+    assert saved["extra"]["step"] == 4
+    # Raw weights (model.pt holds the EMA's): rank 1's equal rank 0's, which last.pt saved.
+    ranks = [torch.load(proj / f"weights-rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys() == state["model"].keys()
+    for name, w in state["model"].items():
+        assert torch.equal(ranks[0][name], w) and torch.equal(ranks[1][name], w), name
+    assert not torch.equal(state["model"]["head.weight"], _initial_head(proj)), "it trained"
     curve = loss_curve(proj)
     assert [s for s, _ in curve] == [1, 2, 3, 4] and all(np.isfinite([v for _, v in curve]))
 
@@ -222,9 +260,9 @@ def _train_in_process(tokens_dir: Path, root: Path, **train_overrides):
 
 
 def test_nan_loss_stops_with_one_line_error(tokens_dir, tmp_path, monkeypatch):
-    import smdim.diffusion.loss as loss_mod
+    import smdim.training.loop as loop_mod
 
-    real, calls = loss_mod.diffusion_loss, []
+    real, calls = loop_mod.diffusion_loss, []
 
     def poisoned(*args, **kwargs):
         loss, stats = real(*args, **kwargs)
@@ -232,7 +270,7 @@ def test_nan_loss_stops_with_one_line_error(tokens_dir, tmp_path, monkeypatch):
         return (loss * float("nan") if len(calls) == 3 else loss), stats
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(loss_mod, "diffusion_loss", poisoned)
+    monkeypatch.setattr(loop_mod, "diffusion_loss", poisoned)
     with pytest.raises(SmdimError) as e:
         _train_in_process(tokens_dir, tmp_path, steps=6)
     msg = str(e.value)
@@ -282,7 +320,7 @@ def test_live_resume_drops_points_logged_after_the_checkpoint(tmp_path, monkeypa
 
 
 def test_preset_flags_for_dvc_exp_run(tmp_path):
-    from smdim.training.preset import preset_flags
+    from smdim.preset_flags import preset_flags
 
     (tmp_path / "params.yaml").write_text(
         "base: {dtype: float32}\nmodel: {d_model: 64}\ntrain: {betas: [0.9, 0.98], ema: 0.0}\n")
@@ -299,7 +337,7 @@ def test_preset_flags_for_dvc_exp_run(tmp_path):
 def test_paper_preset_matches_params_keys():
     from conftest import ROOT
 
-    from smdim.training.preset import preset_flags
+    from smdim.preset_flags import preset_flags
 
     flags = preset_flags(ROOT / "configs/paper.yaml", ROOT / "params.yaml")
     assert "train.seq_len=2048" in flags and "model.d_model=512" in flags

@@ -20,7 +20,7 @@ class BenchmarkConfig:
     expand: int = 2  # Mamba inner width multiplier
     vocab_size: int = 512  # vocabulary of the synthetic tokens
     batch_size: int = 1  # sequences per training step
-    repeats: int = 2  # timed training steps per cell after one warm-up step (min is reported)
+    repeats: int = 3  # timed training steps per cell after one warm-up step (min is reported)
     threads: int = 1  # torch threads per worker; 1 is fairest on a shared 2-core machine, 0 = default
     time_budget: float = 20.0  # seconds: skip a cell whose predicted step time exceeds this
     memory_budget_gb: float = 6.0  # GiB: skip a cell whose predicted peak memory exceeds this

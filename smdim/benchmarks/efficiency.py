@@ -18,6 +18,7 @@ import ctypes
 import json
 import math
 import os
+import selectors
 import subprocess
 import sys
 import time
@@ -27,12 +28,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
 
 from smdim.benchmarks.config import BenchmarkConfig
 from smdim.config import build, to_dict
 from smdim.model.config import ModelConfig
 from smdim.model.denoiser import Denoiser
 from smdim.model.scan import scan_flops
+from smdim.sampling.samplers import sample
 
 
 def row_specs(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
@@ -144,8 +147,6 @@ def measure_cell(cfg: BenchmarkConfig, row: dict[str, Any], length: int, device:
 
 def _sample_time(model: Denoiser, cfg: BenchmarkConfig, length: int, device: str) -> float:
     """Seconds for one ancestral sampling run of `length` tokens with sample_steps calls."""
-    from smdim.sampling.samplers import sample
-
     gen = torch.Generator(device=device).manual_seed(0)
     _sync(device)
     t0 = time.perf_counter()
@@ -199,8 +200,6 @@ def _row_cells(cfg: BenchmarkConfig, row: dict[str, Any], device: str):
 
 def run_efficiency(cfg: BenchmarkConfig, device: str, progress: bool = True) -> dict[str, Any]:
     """Run every row in its own worker process; returns {row name: {length: cell}}."""
-    from tqdm.auto import tqdm
-
     rows = row_specs(cfg)
     results: dict[str, Any] = {}
     bar = tqdm(total=len(rows) * len(cfg.lengths), desc="benchmark cells", disable=not progress)
@@ -227,8 +226,6 @@ def run_efficiency(cfg: BenchmarkConfig, device: str, progress: bool = True) -> 
 
 
 def _read_cells(proc: subprocess.Popen, cells: dict, bar, deadline: float, name: str) -> None:
-    import selectors
-
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     while True:

@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from music21 import clef, common, converter, corpus, environment, key, meter, midi
+from music21.corpus import chorales
 from tqdm import tqdm
 
 from smdim.data.config import EmbeddedConfig
@@ -29,8 +31,6 @@ class Task:
 
 def configure_music21() -> None:
     """Point music21's scratch directory at $MUSIC21_SCRATCH (or /tmp/music21), never $HOME."""
-    from music21 import environment
-
     scratch = Path(os.environ.get(SCRATCH_ENV, "/tmp/music21"))
     scratch.mkdir(parents=True, exist_ok=True)
     environment.Environment()["directoryScratch"] = str(scratch)  # in memory, not ~/.music21rc
@@ -43,9 +43,6 @@ def abc_tunes(text: str) -> list[str]:
 
 def plan(cfg: EmbeddedConfig) -> list[Task]:
     """The conversion tasks for the chosen collections, in a fixed order, `limit` per collection."""
-    from music21 import common
-    from music21.corpus import chorales
-
     tasks: list[Task] = []
     for coll in cfg.collections:
         if coll in ("han1", "han2"):
@@ -60,8 +57,6 @@ def plan(cfg: EmbeddedConfig) -> list[Task]:
 
 def convert(task: Task) -> tuple[str, bytes | None, str]:
     """Parse one piece and render MIDI bytes; on failure return (rel, None, reason)."""
-    from music21 import converter, corpus, midi
-
     try:
         if task.kind == "abc":
             score = converter.parse(task.text, format="abc")
@@ -108,8 +103,6 @@ def _unshare(score) -> None:
 
     music21's MIDI export raises StreamException ("already found in this Stream") otherwise.
     """
-    from music21 import clef, key, meter
-
     shared = (meter.TimeSignature, key.KeySignature, clef.Clef)
     seen: set[int] = set()
     for container in score.recurse(streamsOnly=True, includeSelf=True):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
+import lzma
 import os
 import posixpath
 import stat
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,9 +33,27 @@ def is_archive(path: str | os.PathLike) -> bool:
     return path.is_file() and (zipfile.is_zipfile(path) or tarfile.is_tarfile(path))
 
 
+# What a truncated or damaged archive raises, from the container or its compression layer.
+_CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
+
+
+@contextmanager
+def _intact(archive: Path) -> Iterator[None]:
+    """Turn a damaged archive's low-level error into one line naming the file and what to do."""
+    try:
+        yield
+    except _CORRUPT as e:
+        reason = str(e).strip().splitlines()[0][:100] if str(e).strip() else type(e).__name__
+        raise SmdimError(
+            f"{archive}: truncated or corrupt archive ({reason}); delete it and download it again, "
+            "or point the mirror at an intact copy"
+        ) from None
+
+
 def archive_files(archive: str | os.PathLike) -> list[str]:
     """Names of the regular files in `archive` (nothing is extracted)."""
-    with _open(Path(archive)) as (members, _):
+    archive = Path(archive)
+    with _intact(archive), _open(archive) as (members, _):
         return [m.name for m in members if m.kind == "file"]
 
 
@@ -50,7 +71,7 @@ def safe_extract(
     total larger than `max_bytes` (also enforced while writing, in case headers lie).
     """
     archive, target = Path(archive), Path(target)
-    with _open(archive) as (members, opener):
+    with _intact(archive), _open(archive) as (members, opener):
         chosen = []
         for m in members:
             _check(archive, m)

@@ -41,18 +41,36 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, f)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> tuple[Denoiser, dict]:
-    """Rebuild the Denoiser from a checkpoint; returns (model in eval mode, extra dict)."""
-    path = Path(path)
+def _read(path: Path, map_location: str) -> Any:
+    """torch.load with weights_only=True, every failure turned into one line naming the file."""
+    if path.is_dir():
+        inside = " (it holds model.pt)" if (path / "model.pt").is_file() else ""
+        raise SmdimError(f"{path}: is a directory{inside}; pass the checkpoint file, e.g. {path / 'model.pt'}")
     if not path.is_file():
         raise SmdimError(f"{path}: checkpoint not found; run `dvc repro train` or fix the path")
+    if not zipfile.is_zipfile(path):
+        # torch's own message here is a long weights_only explanation cut mid-sentence.
+        raise SmdimError(f"{path}: not a PyTorch checkpoint (truncated, or another kind of file); "
+                         "use models/model.pt or retrain with `dvc repro train`")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise SmdimError(f"{path}: not a readable checkpoint ({reason}); delete it and retrain") from None
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> tuple[Denoiser, dict]:
+    """Rebuild the Denoiser from a checkpoint; returns (model in eval mode, extra dict)."""
+    path = Path(path)
+    payload = _read(path, map_location)
+    if isinstance(payload, dict) and "fingerprint" in payload and "step" in payload:
+        raise SmdimError(
+            f"{path}: a training resume state, not a model; use models/model.pt (written when "
+            "training finishes)"
+        )
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise SmdimError(f"{path}: not an smdim denoiser checkpoint (expected format {FORMAT})")
+        raise SmdimError(f"{path}: not an smdim denoiser checkpoint (expected format {FORMAT}); "
+                         "use models/model.pt from the train stage")
     try:
         cfg = build(ModelConfig, payload["config"], f"{path}:config")
     except ConfigError as e:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,20 +15,8 @@ from smdim.config import build, to_dict
 from smdim.errors import ConfigError
 from smdim.io import atomic_path
 from smdim.report.tables import flatten
+from smdim.sections import SECTIONS
 
-# params.yaml section -> its config dataclass ("module:Class"), imported only when compared.
-SECTIONS = {
-    "base": "smdim.base:BaseConfig",
-    "download": "smdim.data.config:DownloadConfig",
-    "tokenize": "smdim.tokenization.config:TokenizeConfig",
-    "model": "smdim.model.config:ModelConfig",
-    "diffusion": "smdim.diffusion.config:DiffusionConfig",
-    "train": "smdim.training.config:TrainConfig",
-    "sample": "smdim.sampling.config:SampleConfig",
-    "evaluate": "smdim.metrics.config:EvaluateConfig",
-    "report": "smdim.report.config:ReportConfig",
-    "benchmark": "smdim.benchmarks.config:BenchmarkConfig",
-}
 # Metric keys that are timings or throughputs (the run's "how long").
 TIMING_HINTS = ("seconds", "_per_s")
 
@@ -38,11 +25,9 @@ def changed_params(params: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
     """(section.key, value, default) for every parameter whose value is not its dataclass default."""
     rows: list[tuple[str, Any, Any]] = []
     for section, data in params.items():
-        target = SECTIONS.get(section)
-        if target is None:  # a section another tool reads; nothing to compare with
+        cls = SECTIONS.get(section)
+        if cls is None:  # a section another tool reads; nothing to compare with
             continue
-        module, _, name = target.partition(":")
-        cls = getattr(importlib.import_module(module), name)
         try:
             value = flatten(to_dict(build(cls, data, section)), section)
         except ConfigError as e:

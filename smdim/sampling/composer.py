@@ -17,8 +17,10 @@ from smdim.config import build
 from smdim.diffusion.config import DiffusionConfig
 from smdim.diffusion.schedule import Schedule, make_schedule
 from smdim.errors import SmdimError
+from smdim.model.checkpoint import load_checkpoint
 from smdim.sampling.constraints import Constraints, make_constraints
 from smdim.sampling.samplers import sample_with_stats
+from smdim.tokenization.tokenizer import tokenizer_from_text
 
 log = logging.getLogger("smdim.sampling")
 
@@ -75,9 +77,6 @@ class Composer:
 
 def load_composer(path: str, device: str = "cpu") -> Composer:
     """Load a training checkpoint (with `mask_id`, `tokenizer`, `diffusion` extras) onto `device`."""
-    from smdim.model.checkpoint import load_checkpoint
-    from smdim.tokenization.tokenizer import tokenizer_from_text
-
     model, extra = load_checkpoint(path, map_location=device)
     if not extra.get("tokenizer"):
         raise SmdimError(f"{path}: checkpoint has no `tokenizer` extra; it was not written by the train stage")

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
+
+SamplerMethod = Literal["ancestral", "cached", "confidence"]  # see smdim/sampling/samplers.py
+UnmaskSchedule = Literal["cosine", "linear"]
+METHODS: tuple[str, ...] = get_args(SamplerMethod)
+UNMASK_SCHEDULES: tuple[str, ...] = get_args(UnmaskSchedule)
 
 
 @dataclass(frozen=True)
@@ -13,10 +18,10 @@ class SampleConfig:
     n: int = 8  # pieces in the main set (pieces/NNN.mid + .png)
     n_tokens: int = 256  # tokens generated per main-set piece
     bars: int | None = None  # then keep only the first `bars` bars of each piece (null = keep all)
-    method: Literal["ancestral", "cached", "confidence"] = "cached"  # reverse process, see smdim/sampling
+    method: SamplerMethod = "cached"  # reverse process, see smdim/sampling
     steps: int = 32  # denoising steps S per piece (any S >= 1; the training T is the upper useful limit)
     temperature: float = 1.0  # softmax temperature of the token draws (0 = greedy)
-    unmask_schedule: Literal["cosine", "linear"] = "cosine"  # confidence method: masked share per step
+    unmask_schedule: UnmaskSchedule = "cosine"  # confidence method: masked share per step
     confidence_noise: float = 0.0  # confidence method: Gumbel noise scale on confidences (annealed to 0)
     pitch_range: list[int] | None = None  # [lo, hi] MIDI pitches allowed (inclusive); null = any
     max_polyphony: int | None = None  # max notes starting at one REMI position; null = no cap

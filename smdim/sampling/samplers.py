@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,36 +28,13 @@ from tqdm.auto import tqdm
 from smdim.diffusion.config import DiffusionConfig
 from smdim.diffusion.schedule import make_schedule
 from smdim.errors import SmdimError
+from smdim.sampling.config import METHODS, UNMASK_SCHEDULES
 from smdim.sampling.constraints import Constraints
 
-METHODS = ("ancestral", "cached", "confidence")
-UNMASK_SCHEDULES = ("cosine", "linear")
 
-
-def sample(
-    denoiser,
-    length: int,
-    *,
-    mask_id: int,
-    steps: int,
-    method: str = "ancestral",
-    batch_size: int = 1,
-    generator: torch.Generator | None = None,
-    temperature: float = 1.0,
-    fixed: Tensor | None = None,
-    constraints: Constraints | None = None,
-    progress: bool = False,
-    schedule=None,
-    unmask_schedule: str = "cosine",
-    confidence_noise: float = 0.0,
-) -> Tensor:
-    """Generate (B, length) token ids without any MASK; see sample_with_stats for the arguments."""
-    tokens, _ = sample_with_stats(
-        denoiser, length, mask_id=mask_id, steps=steps, method=method, batch_size=batch_size,
-        generator=generator, temperature=temperature, fixed=fixed, constraints=constraints,
-        progress=progress, schedule=schedule, unmask_schedule=unmask_schedule,
-        confidence_noise=confidence_noise,
-    )
+def sample(denoiser, length: int, **kw: Any) -> Tensor:
+    """Generate (B, length) token ids without any MASK; the arguments are sample_with_stats's."""
+    tokens, _ = sample_with_stats(denoiser, length, **kw)
     return tokens
 
 

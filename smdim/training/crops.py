@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from smdim.data.shards import read_shards
 from smdim.errors import SmdimError
 
 # Streams keep train crops, validation crops and other per-step randomness independent.
@@ -103,8 +104,6 @@ class CropSampler:
 
 def load_pieces(tokens_dir: str | Path, split: str) -> list[np.ndarray]:
     """Token streams of one split of the Parquet shards in `tokens_dir`."""
-    from smdim.data.shards import read_shards
-
     df = read_shards(tokens_dir, split=split, columns=["tokens"])
     pieces = [np.asarray(t, dtype=np.int64) for t in df["tokens"]]
     pieces = [p for p in pieces if len(p)]

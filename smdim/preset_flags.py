@@ -1,6 +1,6 @@
 """Turn a preset file (nested overrides of params.yaml, e.g. configs/paper.yaml) into DVC flags.
 
-    dvc exp run $(python -m smdim.training.preset configs/paper.yaml)
+    dvc exp run $(python -m smdim.preset_flags configs/paper.yaml)
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from smdim.config import load_params
-from smdim.errors import SmdimError
+from smdim.errors import SmdimError, run_stage
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -55,11 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     """Print the flags for the preset named on the command line."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        raise SmdimError("usage: python -m smdim.training.preset configs/paper.yaml")
+        raise SmdimError("usage: python -m smdim.preset_flags configs/paper.yaml")
     print(" ".join(preset_flags(argv[0])))
 
 
 if __name__ == "__main__":
-    from smdim.stage import run_stage
-
     run_stage(main)

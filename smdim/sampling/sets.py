@@ -1,0 +1,64 @@
+"""Sample sets on disk: NNN.mid (+ piano rolls) per piece, their records, and the set's metrics.
+
+The `sample` stage writes a main set (pieces/) and one set per length (by_length/<L>/) with
+these functions; samples.json keeps one record per piece for the evaluation stage.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import torch
+
+from smdim.render.pianoroll import save_pianoroll
+from smdim.sampling.composer import Composer, constraints_for, count_bars, keep_bars
+from smdim.sampling.config import SampleConfig
+from smdim.tokenization.decode import write_midi
+from smdim.tokenization.validity import token_error_rate
+
+
+def write_set(composer: Composer, cfg: SampleConfig, out: Path, subdir: str, n: int, length: int,
+              seed: int, *, bars: int | None, pianorolls: bool) -> list[dict]:
+    """Generate `n` pieces of `length` tokens (cut to `bars` bars) into out/subdir/NNN.mid."""
+    generator = torch.Generator(device=composer.device).manual_seed(seed)
+    pieces = composer.generate(
+        n, length, generator=generator, batch_size=cfg.batch_size, method=cfg.method, steps=cfg.steps,
+        temperature=cfg.temperature, constraints=constraints_for(composer, cfg.pitch_range, cfg.max_polyphony),
+        unmask_schedule=cfg.unmask_schedule, confidence_noise=cfg.confidence_noise, progress=True,
+    )
+    records = []
+    for i, piece in enumerate(pieces):
+        ids = keep_bars(piece.ids, composer.bar_ids, bars) if bars else piece.ids
+        file = f"{subdir}/{i:03d}.mid"
+        write_midi(composer.tokenizer, ids, out / file)
+        if pianorolls:
+            save_pianoroll(out / file, (out / file).with_suffix(".png"), title=f"{file} ({len(ids)} tokens)")
+        records.append({
+            "file": file,
+            "n_tokens": len(ids),
+            "n_bars": count_bars(ids, composer.bar_ids),
+            "token_error_rate": token_error_rate(composer.tokenizer, ids),
+            "seconds": piece.seconds,
+            "network_calls": piece.network_calls,
+        })
+    return records
+
+
+def length_seed(seed: int, length: int) -> int:
+    """The seed of the by_length/<length>/ set: adding lengths or pieces leaves the others unchanged."""
+    return seed + 7919 * length
+
+
+def set_metrics(records: list[dict]) -> dict[str, float]:
+    """Token errors, speed and size of a set of piece records (results/samples/metrics.json)."""
+    n_tok = sum(p["n_tokens"] for p in records)
+    secs = sum(p["seconds"] for p in records)
+    return {
+        "token_error_rate": statistics.fmean(p["token_error_rate"] for p in records),
+        "seconds_per_piece": secs / len(records),
+        "seconds_per_token": secs / max(n_tok, 1),
+        "network_calls_per_batch": statistics.fmean(p["network_calls"] for p in records),
+        "tokens_per_piece": n_tok / len(records),
+        "bars_per_piece": statistics.fmean(p["n_bars"] for p in records),
+    }

@@ -1,0 +1,215 @@
+"""What one training run holds (model, optimizer, data, logger) and how it is set up or resumed.
+
+`smdim.training.loop` drives a `Run`; this module builds it. Setting up is split from the loop
+so that the loop reads as the training step, validation and saving, top-down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from dvclive import Live
+from torch import nn
+
+from smdim.config import to_dict
+from smdim.diffusion.config import DiffusionConfig
+from smdim.diffusion.schedule import Schedule, make_schedule
+from smdim.errors import SmdimError
+from smdim.model.config import ModelConfig
+from smdim.model.denoiser import Denoiser
+from smdim.runtime import BaseConfig, seed_everything
+from smdim.tokenization.tokenizer import load_tokenizer
+from smdim.training.config import RESUMABLE_FIELDS, TrainConfig
+from smdim.training.crops import Batch, CropSampler, load_pieces, validation_batches
+from smdim.training.distributed import DistInfo, barrier
+from smdim.training.ema import EMA
+from smdim.training.live import open_live
+from smdim.training.optim import make_optimizer, make_scheduler
+from smdim.training.resume import (
+    first_difference,
+    load_state,
+    normalise,
+    remove_stale_temps,
+    set_rng_state,
+)
+
+log = logging.getLogger("smdim.training")
+
+SPECIAL = ("PAD_None", "MASK_None", "Bar_None")  # token names the loop needs the ids of
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    """Inputs and outputs of the train stage."""
+
+    tokens: Path  # data/tokens: shards + tokenizer.json
+    models: Path  # models/: model.pt and checkpoints/last.pt
+    results: Path  # results/train: dvclive metrics.json and plots/
+
+    @property
+    def last(self) -> Path:
+        return self.models / "checkpoints" / "last.pt"
+
+    @property
+    def model(self) -> Path:
+        return self.models / "model.pt"
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The tokenizer file's text (saved into checkpoints) and the special ids training uses."""
+
+    text: str
+    size: int
+    ids: dict[str, int]  # SPECIAL name -> id
+
+
+@dataclass
+class Run:
+    """Everything a training run holds; built by `start_run`, driven by `smdim.training.loop`."""
+
+    base: BaseConfig
+    cfg: TrainConfig
+    paths: TrainPaths
+    diffusion_cfg: DiffusionConfig
+    info: DistInfo
+    device: torch.device
+    vocab: Vocabulary
+    fingerprint: dict[str, Any]  # what a resume checkpoint must match
+    model: Denoiser
+    net: nn.Module  # the model, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    ema: EMA | None
+    schedule: Schedule
+    train_crops: CropSampler
+    valid: list[Batch]  # fixed validation batches (this rank's rows)
+    rows: tuple[int, int]  # this rank's rows [lo, hi) of every global batch
+    use_bf16: bool
+    live: Live | None  # dvclive logger (rank 0 only)
+    start: int  # first step to run (the resume checkpoint's step, or 0)
+    log_acc: torch.Tensor  # (sum of losses, steps) since the last log line
+
+
+def read_vocabulary(tokens_dir: Path) -> Vocabulary:
+    """The tokenizer of data/tokens and the ids of PAD, MASK and Bar (one-line error if absent)."""
+    path = tokens_dir / "tokenizer.json"
+    tokenizer = load_tokenizer(path)
+    ids = {}
+    for name in SPECIAL:
+        try:
+            ids[name] = int(tokenizer[name])
+        except (KeyError, IndexError):
+            raise SmdimError(
+                f"{path}: the tokenizer has no {name} token; add it to the tokenize special tokens"
+            ) from None
+    return Vocabulary(path.read_text(encoding="utf-8"), len(tokenizer), ids)
+
+
+def fingerprint_of(base: BaseConfig, model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig,
+                   cfg: TrainConfig, vocab: Vocabulary, tokens_dir: Path) -> dict[str, Any]:
+    """The params and data a checkpoint was trained with, minus what may change on resume."""
+    manifest = tokens_dir / "manifest.json"
+    return normalise({
+        "seed": base.seed,
+        "dtype": base.dtype,
+        "model": to_dict(model_cfg),
+        "diffusion": to_dict(diffusion_cfg),
+        "train": {k: v for k, v in to_dict(cfg).items() if k not in RESUMABLE_FIELDS},
+        "tokenizer_sha256": hashlib.sha256(vocab.text.encode()).hexdigest(),
+        "data_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else None,
+    })
+
+
+def resumable_state(paths: TrainPaths, fingerprint: dict[str, Any], steps: int,
+                    info: DistInfo) -> dict[str, Any] | None:
+    """The resume checkpoint if it continues this run; None (start fresh) if absent or foreign."""
+    state = load_state(paths.last)
+    if state is None:
+        return None
+    why = first_difference(state["fingerprint"], fingerprint)
+    if why is None and int(state["step"]) > steps:
+        why = f"checkpoint step {state['step']} > train.steps {steps}"
+    if why is not None:
+        # Starting over is what `dvc exp run -S ...` needs; finished runs live in the DVC cache.
+        if info.is_main:
+            log.warning("%s was trained with other params (%s): starting fresh", paths.last, why)
+        return None
+    return state
+
+
+def clear_outputs(paths: TrainPaths, state: dict[str, Any] | None, info: DistInfo) -> None:
+    """Remove temp files of killed saves, and the old outputs when starting fresh (rank 0)."""
+    barrier(info)  # every rank has read last.pt before rank 0 may replace or delete it
+    if info.is_main:
+        remove_stale_temps(paths.models)
+        if state is None:
+            for p in (paths.last, paths.model):
+                p.unlink(missing_ok=True)
+
+
+def start_run(base: BaseConfig, model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig,
+              cfg: TrainConfig, paths: TrainPaths, info: DistInfo, vocab: Vocabulary,
+              fingerprint: dict[str, Any], state: dict[str, Any] | None) -> Run:
+    """Build the model, optimizer and data; restore `state` when resuming."""
+    device = torch.device(info.device)
+    seed_everything(base.seed)  # identical initial weights on every rank and every fresh run
+    model = Denoiser(model_cfg).to(device)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg)
+    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
+    start = 0
+    log_acc = torch.zeros(2, dtype=torch.float64)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        set_rng_state(state["rng"])
+        log_acc = state["log_acc"].clone()
+        start = int(state["step"])
+        if info.is_main:
+            log.info("resuming from %s at step %d of %d", paths.last, start, cfg.steps)
+    # Extending a finished run: the scheduler follows the new train.steps from here on.
+    for g in optimizer.param_groups:
+        g["lr"] = g["initial_lr"] * scheduler.lr_lambdas[0](start)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+    net: nn.Module = model
+    if info.enabled:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.local_rank] if device.type == "cuda" else None
+        )
+    lo, hi = info.share(cfg.batch_size)
+    if info.is_main:
+        log.info("loading crops from %s", paths.tokens)
+    bar_id, pad_id = vocab.ids["Bar_None"], vocab.ids["PAD_None"]
+    train_crops = CropSampler(load_pieces(paths.tokens, "train"), cfg.seq_len, bar_id, pad_id)
+    valid_crops = CropSampler(load_pieces(paths.tokens, "valid"), cfg.seq_len, bar_id, pad_id)
+    valid = [b.rows(lo, hi) for b in validation_batches(valid_crops, base.seed, cfg.eval_batches, cfg.batch_size)]
+    use_bf16 = base.dtype == "bfloat16" and device.type == "cuda"
+    if base.dtype == "bfloat16" and not use_bf16 and info.is_main:
+        log.info("base.dtype=bfloat16 applies to CUDA only; training in float32 on %s", device)
+
+    live = None
+    if info.is_main:
+        live = open_live(paths.results, start if state is not None else None)
+        n_params = sum(p.numel() for p in model.parameters())
+        log.info("model %s: %.2fM parameters; %d train pieces (%d tokens), %d valid pieces; "
+                 "world size %d", model_cfg.block, n_params / 1e6, len(train_crops),
+                 train_crops.n_tokens, len(valid_crops), info.world_size)
+    return Run(base, cfg, paths, diffusion_cfg, info, device, vocab, fingerprint, model, net, optimizer,
+               scheduler, ema, make_schedule(diffusion_cfg), train_crops, valid, (lo, hi), use_bf16,
+               live, start, log_acc)
+
+
+def with_vocab_size(model_cfg: ModelConfig, vocab: Vocabulary) -> ModelConfig:
+    """The model config with the vocabulary size of data/tokens filled in."""
+    return dataclasses.replace(model_cfg, vocab_size=vocab.size)
