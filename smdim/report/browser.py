@@ -126,8 +126,11 @@ def _console_errors(events: list[dict]) -> list[str]:
 
 def check_page(html_path: str | os.PathLike, screenshot: str | os.PathLike | None = None, *,
                browser: str | None = None, width: int = 1400, height: int = 2200,
-               timeout_s: float = 60.0) -> dict[str, Any]:
-    """Open `html_path` in headless Chromium; returns {errors, images, audios} and saves a screenshot."""
+               full_page: bool = False, timeout_s: float = 60.0) -> dict[str, Any]:
+    """Open `html_path` in headless Chromium; returns {errors, images, audios, overflow_px}.
+
+    `screenshot`: a PNG of the window (`full_page`: of the whole page, up to 16,000 px tall).
+    """
     exe = browser or find_browser()
     if exe is None:
         raise SmdimError("no Chromium found on PATH; `apt-get install chromium`")
@@ -167,7 +170,12 @@ def check_page(html_path: str | os.PathLike, screenshot: str | os.PathLike | Non
                 "expression": f"({PROBE})({int(timeout_s * 500)})", "awaitPromise": True, "returnByValue": True,
             }, session=s, timeout_s=timeout_s)["result"]["value"]
             if screenshot is not None:
-                shot = cdp.call("Page.captureScreenshot", {"format": "png"}, session=s)
+                opts: dict[str, Any] = {"format": "png"}
+                if full_page:
+                    size = cdp.call("Page.getLayoutMetrics", session=s)["cssContentSize"]
+                    opts.update(captureBeyondViewport=True, clip={
+                        "x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 16000), "scale": 1})
+                shot = cdp.call("Page.captureScreenshot", opts, session=s)
                 Path(screenshot).write_bytes(base64.b64decode(shot["data"]))
             time.sleep(0.2)  # late console messages
             cdp.call("Runtime.evaluate", {"expression": "1"}, session=s)  # flushes queued events
@@ -200,10 +208,11 @@ def main(argv: list[str] | None = None) -> None:
     """CLI: check a page, print what is wrong (exit 1) or a one-line OK."""
     ap = argparse.ArgumentParser(prog="python -m smdim.report.browser", description=__doc__.splitlines()[0])
     ap.add_argument("html", type=Path)
-    ap.add_argument("--screenshot", type=Path)
+    ap.add_argument("--screenshot", type=Path, help="save a PNG of the page")
+    ap.add_argument("--full-page", action="store_true", help="the screenshot covers the whole page")
     args = ap.parse_args(argv)
     try:
-        result = check_page(args.html, args.screenshot)
+        result = check_page(args.html, args.screenshot, full_page=args.full_page)
     except SmdimError as e:
         sys.exit(f"error: {e}")
     bad = problems(result)
