@@ -17,11 +17,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.dvc import (
+from flows.dvc_runs import (
     changed_stages,
     experiment_rev,
     list_stages,
     lock_entries,
+    reproduce,
     run_dvc,
     select_stages,
     set_args,
@@ -40,10 +41,8 @@ def reproduce_stage(stage: str, project_dir: str, lock_wait_s: float) -> dict[st
     """`dvc repro <stage>` in the workspace; returns the stage's outcome (ran / up to date)."""
     # With its upstream (not --single-item): a run restricted to, say, ["train"] still refreshes
     # stale data first, and DVC's check of an up-to-date upstream stage costs well under a second.
-    before: dict[str, Any] = {}
-    run = run_dvc(["repro", stage], project_dir, get_run_logger(), lock_wait_s=lock_wait_s,
-                  before_attempt=lambda: before.update(lock=lock_entries(project_dir)))
-    outcomes = changed_stages(before["lock"], lock_entries(project_dir))
+    run, ran = reproduce(stage, project_dir, get_run_logger(), lock_wait_s=lock_wait_s)
+    outcomes = dict.fromkeys(ran, "ran")
     return {
         "stage": stage,
         "status": stage_outcome(stage, outcomes),

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # flows/ is a top-level package of the repo (pytest's pythonpath has it too)
     sys.path.insert(0, str(ROOT))
 
-from flows.dvc import (  # noqa: E402
+from flows.dvc_runs import (  # noqa: E402
     DvcError,
     DvcLockTimeout,
     _pump,

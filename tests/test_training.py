@@ -7,6 +7,7 @@ import csv
 import math
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -233,18 +234,44 @@ def test_torchrun_two_processes_gloo(make_project, tokens_dir):
     (proj / "train_and_dump.py").write_text(_DUMP_EACH_RANK)
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "train_and_dump.py"], proj)
+    _assert_ranks_identical(proj, steps=4)
+    curve = loss_curve(proj)
+    assert [s for s, _ in curve] == [1, 2, 3, 4] and all(np.isfinite([v for _, v in curve]))
+
+
+def test_two_nodes_rendezvous_on_localhost(make_project, tokens_dir):
+    """Two torchrun launchers ("machines", one process each) meet at a c10d rendezvous endpoint."""
+    proj = project(make_project, tokens_dir, "nodes", {"train": {"steps": 3, "checkpoint_every": 3,
+                                                                "eval_every": 3, "log_every": 1}})
+    (proj / "train_and_dump.py").write_text(_DUMP_EACH_RANK)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # The command the README gives for two machines, with both "machines" on 127.0.0.1.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "smdim-test",
+           "train_and_dump.py"]
+    nodes = [subprocess.Popen(cmd, cwd=proj, env=tool_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    try:
+        outputs = [n.communicate(timeout=300)[0] for n in nodes]
+    finally:
+        for n in nodes:
+            n.kill()
+    assert [n.returncode for n in nodes] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    _assert_ranks_identical(proj, steps=3)
+
+
+def _assert_ranks_identical(proj: Path, steps: int) -> None:
+    """Both ranks end with the same raw weights, those rank 0 saved in last.pt, after training."""
     state = torch.load(proj / "models/checkpoints/last.pt", weights_only=True)
-    assert state["step"] == 4
-    saved = torch.load(proj / "models/model.pt", weights_only=True)
-    assert saved["extra"]["step"] == 4
-    # Raw weights (model.pt holds the EMA's): rank 1's equal rank 0's, which last.pt saved.
+    assert state["step"] == steps
+    assert torch.load(proj / "models/model.pt", weights_only=True)["extra"]["step"] == steps
     ranks = [torch.load(proj / f"weights-rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert ranks[0].keys() == ranks[1].keys() == state["model"].keys()
     for name, w in state["model"].items():
         assert torch.equal(ranks[0][name], w) and torch.equal(ranks[1][name], w), name
     assert not torch.equal(state["model"]["head.weight"], _initial_head(proj)), "it trained"
-    curve = loss_curve(proj)
-    assert [s for s, _ in curve] == [1, 2, 3, 4] and all(np.isfinite([v for _, v in curve]))
 
 
 # ---------------------------------------------------------------- one-line errors

@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -26,6 +27,7 @@ LOCK_MESSAGES = ("Unable to acquire lock", "is busy, it is being blocked by")
 # How often a carriage-return progress line (tqdm) is forwarded: every redraw would flood the log.
 PROGRESS_EVERY_S = 15.0
 TAIL_LINES = 12
+REPRO_LOCKED = 75  # flows/repro.py's exit code while another dvc process holds the repository
 
 
 
@@ -139,41 +141,70 @@ def run_dvc(
     lock_wait_s: float = 1800.0,
     lock_poll_s: float = 2.0,
     echo_stdout: bool = True,
-    before_attempt: Callable[[], None] | None = None,
 ) -> DvcRun:
     """Run `dvc <args>` in `cwd`; while another dvc holds the repo lock, retry for up to `lock_wait_s`.
 
     echo_stdout=False keeps stdout out of the log (still in the result): for machine-readable
-    output such as `--json`, which would be one huge log line. before_attempt runs right before
-    each try, e.g. to read dvc.lock once no other dvc process can still change it.
+    output such as `--json`, which would be one huge log line.
     """
-    cwd = Path(cwd)
-    cmd = [dvc_executable(), *args]
+    # The CLI reports a held lock only in words (its exit code is the generic one).
+    def locked(rc: int, run: DvcRun) -> bool:
+        return any(m in line for line in run.stderr_tail for m in LOCK_MESSAGES)
+
+    return _retry_while_locked([dvc_executable(), *args], f"dvc {' '.join(args)}", Path(cwd), log,
+                               locked, lock_wait_s, lock_poll_s, echo_stdout)
+
+
+def reproduce(
+    stage: str,
+    cwd: str | os.PathLike,
+    log: logging.Logger | logging.LoggerAdapter,
+    *,
+    lock_wait_s: float = 1800.0,
+    lock_poll_s: float = 2.0,
+) -> tuple[DvcRun, list[str]]:
+    """`dvc repro <stage>` (with its upstream) in `cwd`; returns the run and the stages that ran.
+
+    It goes through DVC's Python API in a subprocess (flows/repro.py): the stages' output still
+    streams into `log`, the stages that ran come from DVC's return value, and a held lock from
+    its exit code.
+    """
+    with tempfile.TemporaryDirectory(prefix="smdim-repro-") as tmp:
+        result = Path(tmp) / "result.json"
+        cmd = [sys.executable, str(Path(__file__).with_name("repro.py")), stage, str(result)]
+        run = _retry_while_locked(cmd, f"dvc repro {stage}", Path(cwd), log,
+                                  lambda rc, _: rc == REPRO_LOCKED, lock_wait_s, lock_poll_s, True)
+        return run, json.loads(result.read_text())["ran"]
+
+
+def _retry_while_locked(
+    cmd: list[str], what: str, cwd: Path, log: logging.Logger | logging.LoggerAdapter,
+    locked: Callable[[int, DvcRun], bool], lock_wait_s: float, lock_poll_s: float, echo_stdout: bool,
+) -> DvcRun:
+    """Run `cmd` until it succeeds, retrying (bounded) while `locked` says another dvc holds the repo."""
     deadline = time.monotonic() + lock_wait_s
     waits = 0
     while True:
-        if before_attempt is not None:
-            before_attempt()
         rc, result = _run_once(cmd, cwd, log, echo_stdout)
         result.lock_waits = waits
         if rc == 0:
             return result
-        locked = any(m in line for line in result.stderr_tail for m in LOCK_MESSAGES)
-        if locked and time.monotonic() + lock_poll_s < deadline:
+        is_locked = locked(rc, result)
+        if is_locked and time.monotonic() + lock_poll_s < deadline:
             waits += 1
             log.warning(
-                "dvc %s: the repository is locked by another dvc process (another flow run?); "
-                "retrying in %.0f s (wait %d)", args[0], lock_poll_s, waits,
+                "%s: the repository is locked by another dvc process (another flow run?); "
+                "retrying in %.0f s (wait %d)", what, lock_poll_s, waits,
             )
             time.sleep(lock_poll_s)
             continue
         shown = " | ".join(result.stderr_tail[-6:]) or "(no stderr)"
-        if locked:
+        if is_locked:
             raise DvcLockTimeout(
-                f"dvc {' '.join(args)} in {cwd}: the repository stayed locked for {lock_wait_s:.0f} s; "
+                f"{what} in {cwd}: the repository stayed locked for {lock_wait_s:.0f} s; "
                 f"wait for the other dvc process or raise lock_wait_s: {shown}"
             )
-        raise DvcError(f"dvc {' '.join(args)} in {cwd} exited {rc}: {shown}")
+        raise DvcError(f"{what} in {cwd} exited {rc}: {shown}")
 
 
 def list_stages(project: str | os.PathLike) -> list[str]:
