@@ -28,7 +28,7 @@ from flows.dvc_runs import (
     set_args,
     stage_outcome,
 )
-from flows.report import experiment_report, split_changed, workspace_report
+from flows.report import PAGE, experiment_report, split_changed, workspace_report
 
 # Cache policy on every task: NO_CACHE, because DVC *is* the cache. It hashes each stage's deps,
 # params and code and skips (or restores from its run cache) whatever is unchanged, in ~1 s. A
@@ -81,7 +81,7 @@ def publish_report(
     project_dir: str, stage_results: list[dict[str, Any]], experiment: dict[str, Any] | None = None,
     set_params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Markdown artifact with stage outcomes, metrics and data statistics, plus one link per plot."""
+    """Markdown artifact with stage outcomes, metrics and data statistics; links to each plot and the page."""
     log = get_run_logger()
     project = Path(project_dir)
     if experiment is not None:
@@ -93,10 +93,15 @@ def publish_report(
     for note in missing:
         log.warning("report: %s", note)
     create_markdown_artifact(md, key="smdim-report", description="smdim pipeline: metrics and data")
+    page = project / PAGE
+    if page.is_file():
+        create_link_artifact(page.resolve().as_uri(), link_text="listening report (index.html)",
+                             key="smdim-listening-report", description="metrics, plots, every piece with audio")
     for plot in plots:
         rel = plot.relative_to(project).as_posix()
         create_link_artifact(plot.resolve().as_uri(), link_text=rel, description=f"plot {rel}")
-    return {"missing": missing, "plots": [p.relative_to(project).as_posix() for p in plots]}
+    return {"missing": missing, "plots": [p.relative_to(project).as_posix() for p in plots],
+            "page": PAGE if page.is_file() else None}
 
 
 @flow(name="smdim")

@@ -15,6 +15,7 @@ SUMMARIES = (
     ("Sampling", "results/samples/metrics.json", "sample"),
 )
 EVALUATION = "results/evaluate/metrics.json"
+PAGE = "results/report/index.html"  # the report stage's listening page (summary.json beside it)
 PLOT_GLOBS = ("results/*/plots/**/*.png", "results/*/plots/**/*.svg", "results/samples/contact_sheet.png")
 MAX_PLOTS = 30
 MAX_ROWS = 40  # a manifest may list every piece: keep the table readable
@@ -85,7 +86,9 @@ def find_plots(project: Path) -> list[Path]:
     """Plot files the stages wrote (evaluation charts, training curves, the samples' contact sheet)."""
     found: set[Path] = set()
     for pattern in PLOT_GLOBS:
-        found.update(p for p in project.glob(pattern) if p.is_file())
+        # results/report/ holds copies of these plots; its page is linked on its own.
+        found.update(p for p in project.glob(pattern)
+                     if p.is_file() and p.relative_to(project).parts[:2] != ("results", "report"))
     return sorted(found)[:MAX_PLOTS]
 
 
@@ -113,6 +116,18 @@ def workspace_report(project: Path, stage_results: Sequence[Mapping[str, Any]]) 
         md.append(table(["statistic", "value"], rows[:MAX_ROWS]))
         if len(rows) > MAX_ROWS:
             md.append(f"\n({len(rows) - MAX_ROWS} more in `{rel}`)")
+    md += ["", "## Listening report", ""]
+    page = project / PAGE
+    if page.is_file():
+        summary, _ = _load(project, str(Path(PAGE).with_name("summary.json")))
+        md.append(f"[{PAGE}]({page.resolve().as_uri()}): metrics, plots and every piece with audio.")
+        if isinstance(summary, Mapping):
+            pieces = summary.get("pieces") or {}
+            md.append(f"\n{pieces.get('generated', '?')} generated and {pieces.get('test', '?')} test pieces, "
+                      f"audio by {summary.get('renderer', '?')}, {summary.get('bytes', 0) / 1e6:.1f} MB.")
+    else:
+        missing.append(f"{PAGE}: missing (written by the report stage)")
+        md.append(f"`{PAGE}` missing (written by the report stage).")
     plots = find_plots(project)
     md += ["", "## Plots", ""]
     md += [f"- [{p.relative_to(project)}]({p.resolve().as_uri()})" for p in plots] or ["(none yet)"]

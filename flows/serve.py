@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         cron=args.cron,
         limit=args.limit,
         tags=["smdim"],
-        description="The whole smdim pipeline: download, tokenize, train, sample, evaluate (+ benchmark).",
+        description="The whole smdim pipeline: download, tokenize, train, sample, evaluate, report (+ benchmark).",
         # Import by module path, so runs load flows.flow from the repo root like `python -m` does.
         entrypoint_type=EntrypointType.MODULE_PATH,
     )

@@ -37,6 +37,8 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-polyphony", type=int, metavar="K", help="max notes starting together")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: %(default)s)")
     p.add_argument("--png", action="store_true", help="also write a piano roll next to --out")
+    p.add_argument("--audio", type=Path, metavar="FILE",
+                   help="also render audio to FILE (.wav, .ogg or .flac): FluidSynth if installed, else numpy")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -126,6 +128,7 @@ def _device(name: str) -> str:
 
 
 def _write(composer, ids: list[int], args: argparse.Namespace) -> None:
+    from smdim.render.audio import render_audio
     from smdim.render.pianoroll import save_pianoroll
     from smdim.tokenization.decode import write_midi
 
@@ -133,6 +136,9 @@ def _write(composer, ids: list[int], args: argparse.Namespace) -> None:
     if args.png:
         save_pianoroll(args.out, args.out.with_suffix(".png"), title=args.out.name)
     print(f"wrote {args.out} ({len(ids)} tokens)")
+    if args.audio:
+        audio = render_audio(args.out, args.audio)
+        print(f"wrote {args.audio} ({audio.seconds:.1f} s of audio by {audio.renderer})")
 
 
 def main(argv: list[str] | None = None) -> None:

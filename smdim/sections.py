@@ -11,6 +11,7 @@ from smdim.data.config import DownloadConfig
 from smdim.diffusion.config import DiffusionConfig
 from smdim.metrics.config import EvaluateConfig
 from smdim.model.config import ModelConfig
+from smdim.report.config import ReportConfig
 from smdim.runtime import BaseConfig
 from smdim.sampling.config import SampleConfig
 from smdim.tokenization.config import TokenizeConfig
@@ -25,6 +26,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "sample": SampleConfig,
     "evaluate": EvaluateConfig,
+    "report": ReportConfig,
     "benchmark": BenchmarkConfig,
 }
 

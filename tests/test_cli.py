@@ -81,6 +81,19 @@ def test_infill_keeps_everything_outside_the_bars(checkpoint, shared_data, tmp_p
     assert after[4:8] != before[4:8]
 
 
+@pytest.mark.parametrize("command", ["generate", "infill"])
+def test_audio_next_to_the_midi(checkpoint, shared_data, tmp_path, command):
+    import soundfile
+
+    args = ["--checkpoint", str(checkpoint), "--steps", "4", "--out", str(tmp_path / "a.mid"),
+            "--audio", str(tmp_path / "a.wav")]
+    extra = ["--tokens", "96"] if command == "generate" else [
+        "--midi", str(shared_data / "pop909" / "001.mid"), "--bars", "2-3", "--context", "256"]
+    main([command, *args, *extra])
+    x, sr = soundfile.read(str(tmp_path / "a.wav"), dtype="float32")
+    assert sr == 22050 and len(x) > 0 and float(abs(x).max()) < 1.0
+
+
 def one_line_error(argv: list[str], capsys) -> str:
     with pytest.raises(SystemExit) as exit_:
         main(argv)

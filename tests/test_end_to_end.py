@@ -24,13 +24,14 @@ def tiny_params(shared_data) -> dict:
         },
         "sample": {"n": 2, "n_tokens": 64, "steps": 8, "lengths": [64, 128], "n_per_length": 2, "batch_size": 2},
         "evaluate": {"max_reference": 4},
+        "report": {"test_pieces": 2, "by_length": False},
     }
 
 
 @pytest.fixture
 def pipeline_project(make_project, shared_data):
     proj = make_project(tiny_params(shared_data))
-    run([DVC, "repro", "evaluate"], proj)
+    run([DVC, "repro", "report"], proj)
     return proj
 
 
@@ -49,8 +50,9 @@ def test_repro_produces_midi_pictures_and_metrics(pipeline_project):
     assert 0.0 <= metrics["oa_ceiling"]["average"] <= 1.0
     assert set(metrics["oa_vs_length"]) == {"64", "128"}
     assert (proj / "models/model.pt").is_file()
+    assert "<audio controls" in (proj / "results/report/index.html").read_text()
 
-    again = run([DVC, "repro", "evaluate"], proj)
+    again = run([DVC, "repro", "report"], proj)
     assert "up to date" in again.stdout, again.stdout
 
 
