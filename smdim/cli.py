@@ -35,6 +35,10 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--pitch-range", type=int, nargs=2, metavar=("LO", "HI"), help="allowed MIDI pitches")
     p.add_argument("--max-polyphony", type=int, metavar="K", help="max notes starting together")
+    p.add_argument("--scale", metavar="TONIC:MODE",
+                   help="only pitches of this scale, e.g. C:major, D:dorian, C:pentatonic (Chinese gong)")
+    p.add_argument("--no-grammar", dest="grammar", action="store_false", default=DEFAULTS.grammar,
+                   help="do not mask tokens that break the REMI grammar")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: %(default)s)")
     p.add_argument("--png", action="store_true", help="also write a piano roll next to --out")
     p.add_argument("--audio", type=Path, metavar="FILE",
@@ -115,7 +119,8 @@ def _sampler_kw(args, composer, ban_prefixes=()) -> dict:
         "method": args.method,
         "steps": args.steps,
         "temperature": args.temperature,
-        "constraints": constraints_for(composer, args.pitch_range, args.max_polyphony, ban_prefixes),
+        "constraints": constraints_for(composer, args.pitch_range, args.max_polyphony, ban_prefixes,
+                                       scale=args.scale, grammar=args.grammar),
     }
 
 

@@ -239,3 +239,57 @@ def test_sample_config_range_errors():
         build(SampleConfig, {"pitch_range": [90, 40]}, "sample")
     with pytest.raises(ConfigError, match="sample.method"):
         build(SampleConfig, {"method": "beam"}, "sample")
+
+
+# --- REMI grammar and scale masks ---
+
+def type_pairs_ok(tok, row) -> bool:
+    """Every adjacent pair of (Bar, Position, Pitch, Velocity, Duration) tokens follows REMI."""
+    follows = {"Bar": {"Bar", "Position"}, "Position": {"Pitch"}, "Pitch": {"Velocity"},
+               "Velocity": {"Duration"}, "Duration": {"Pitch", "Position", "Bar"}}
+    kinds = [tok[int(i)].split("_")[0] for i in row]
+    return kinds[0] == "Bar" and all(b in follows[a] for a, b in zip(kinds, kinds[1:], strict=False))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_grammar_masks_leave_no_invalid_transition_on_random_logits(remi, method):
+    # Token types the grammar leaves free (absent from the default tokenize config) are not drawn.
+    piano = lambda n: -1e4 if n.startswith(("PitchDrum", "TimeSig", "Tempo", "Program")) else 0.0  # noqa: E731
+    model, mask_id = remi_toy(remi, piano, seed=3), remi["MASK_None"]
+    free = sample(model, 160, mask_id=mask_id, steps=16, method=method, batch_size=3, generator=gen(2),
+                  constraints=make_constraints(remi, grammar=False))
+    assert not any(type_pairs_ok(remi, row) for row in free)  # random logits break the grammar
+    out = sample(model, 160, mask_id=mask_id, steps=16, method=method, batch_size=3, generator=gen(2),
+                 constraints=make_constraints(remi))
+    assert all(type_pairs_ok(remi, row) for row in out), [[remi[int(i)] for i in r[:12]] for r in out]
+    again = sample(model, 160, mask_id=mask_id, steps=16, method=method, batch_size=3, generator=gen(2),
+                   constraints=make_constraints(remi))
+    assert torch.equal(out, again)  # seeded
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_grammar_and_scale_keep_fixed_tokens(remi, method):
+    model, mask_id = remi_toy(remi, lambda n: -1e4 if n.startswith("PitchDrum") else 0.0, seed=4), remi["MASK_None"]
+    names = ["Bar_None", "Position_0", "Pitch_61", "Velocity_63", "Duration_1.0.8"]
+    fixed = torch.full((60,), -1)
+    fixed[:5] = torch.tensor([remi[n] for n in names])
+    fixed[30] = remi["Bar_None"]
+    c = make_constraints(remi, scale="C:pentatonic")
+    out = sample(model, 60, mask_id=mask_id, steps=10, method=method, batch_size=2, generator=gen(5),
+                 fixed=fixed, constraints=c)
+    assert (out[:, :5] == fixed[:5]).all() and (out[:, 30] == remi["Bar_None"]).all()
+    drawn = pitches(remi, out[:, 5:].flatten())
+    assert drawn and {p % 12 for p in drawn} <= {0, 2, 4, 7, 9}  # the fixed C#4 stays, nothing else
+
+
+def test_scale_names():
+    from smdim.sampling.scales import pitch_classes
+
+    assert pitch_classes("C:major") == {0, 2, 4, 5, 7, 9, 11}
+    assert pitch_classes("D:dorian") == {2, 4, 5, 7, 9, 11, 0}
+    assert pitch_classes("Bb:major") == pitch_classes("A#:major") == {10, 0, 2, 3, 5, 7, 9}
+    assert pitch_classes("A:yu") == pitch_classes("C:pentatonic") == {0, 2, 4, 7, 9}
+    with pytest.raises(SmdimError, match="scale 'H:major': expected TONIC:MODE"):
+        pitch_classes("H:major")
+    with pytest.raises(ConfigError, match="sample: scale 'C:majr'"):
+        build(SampleConfig, {"scale": "C:majr"}, "sample")

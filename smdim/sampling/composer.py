@@ -111,8 +111,10 @@ def count_bars(ids: Sequence[int], bar_ids: set[int]) -> int:
     return sum(1 for tok in ids if tok in bar_ids)
 
 
-def constraints_for(composer: Composer, pitch_range, max_polyphony, ban_prefixes=()) -> Constraints:
+def constraints_for(composer: Composer, pitch_range, max_polyphony, ban_prefixes=(), scale=None,
+                    grammar: bool = True) -> Constraints:
     """Sampling constraints on the composer's vocabulary (special tokens always banned)."""
     return make_constraints(
-        composer.tokenizer, pitch_range=pitch_range, max_polyphony=max_polyphony, ban_prefixes=ban_prefixes
+        composer.tokenizer, pitch_range=pitch_range, max_polyphony=max_polyphony, ban_prefixes=ban_prefixes,
+        scale=scale, grammar=grammar,
     )

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from smdim.errors import SmdimError
+from smdim.sampling.scales import pitch_classes
+
 SamplerMethod = Literal["ancestral", "cached", "confidence"]  # see smdim/sampling/samplers.py
 UnmaskSchedule = Literal["cosine", "linear"]
 METHODS: tuple[str, ...] = get_args(SamplerMethod)
@@ -25,6 +28,8 @@ class SampleConfig:
     confidence_noise: float = 0.0  # confidence method: Gumbel noise scale on confidences (annealed to 0)
     pitch_range: list[int] | None = None  # [lo, hi] MIDI pitches allowed (inclusive); null = any
     max_polyphony: int | None = None  # max notes starting at one REMI position; null = no cap
+    scale: str | None = None  # only pitches of this scale, e.g. C:major, D:dorian, C:pentatonic; null = any
+    grammar: bool = True  # logit masks that follow the REMI grammar (Bar, Position, Pitch, Velocity, Duration)
     batch_size: int = 4  # pieces generated together
     lengths: list[int] = field(default_factory=lambda: [128, 256, 512])  # by_length/<L>/ sets
     n_per_length: int = 4  # pieces per length in by_length/ (0 = skip the OA-vs-length sets)
@@ -40,6 +45,11 @@ class SampleConfig:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.pitch_range is not None and (len(self.pitch_range) != 2 or self.pitch_range[0] > self.pitch_range[1]):
             raise ValueError(f"pitch_range must be [lo, hi] with lo <= hi, got {self.pitch_range}")
+        if self.scale is not None:
+            try:
+                pitch_classes(self.scale)
+            except SmdimError as e:
+                raise ValueError(str(e)) from None
         if self.max_polyphony is not None and self.max_polyphony < 1:
             raise ValueError(f"max_polyphony must be >= 1 or null, got {self.max_polyphony}")
         if any(n < 1 for n in self.lengths) or self.n_per_length < 0:

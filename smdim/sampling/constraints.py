@@ -1,7 +1,9 @@
-"""Sampling constraints as logit masks over a REMI vocabulary (pitch range, polyphony cap).
+"""Sampling constraints as logit masks over a REMI vocabulary: grammar, scale, pitch range, polyphony.
 
-Guards against two failure cases the SMDIM paper reports: pitch outliers far outside the
-training range and over-dense vertical stacking.
+The REMI grammar (smdim.sampling.grammar) keeps token streams well formed. The scale and pitch
+range bans guard against pitch outliers far outside the training range and a pitch-range or key
+the user asks for; the polyphony cap against over-dense vertical stacking (both failure cases
+the SMDIM paper reports).
 
 Polyphony in REMI: an onset is `Position_p` followed by (Pitch, Velocity, Duration) triples
 until the next Position or Bar token, so "notes sounding together at an onset" = the number of
@@ -25,6 +27,8 @@ import torch
 from torch import Tensor
 
 from smdim.errors import SmdimError
+from smdim.sampling.grammar import Grammar, remi_grammar
+from smdim.sampling.scales import pitch_classes
 
 SPECIAL_PREFIXES = ("PAD_", "BOS_", "EOS_", "MASK_", "SEP_")
 
@@ -33,16 +37,38 @@ SPECIAL_PREFIXES = ("PAD_", "BOS_", "EOS_", "MASK_", "SEP_")
 class Constraints:
     """Token masks over the vocabulary; `apply` turns them into -inf logits."""
 
-    banned: Tensor  # (V,) bool: never sampled (special tokens, out-of-range pitches)
+    banned: Tensor  # (V,) bool: never sampled (special tokens, out-of-range or out-of-scale pitches)
     is_pitch: Tensor  # (V,) bool: Pitch_* tokens
     is_boundary: Tensor  # (V,) bool: Bar_* and Position_* tokens (delimit an onset)
     max_polyphony: int | None = None  # max Pitch tokens per onset (None = no cap)
+    grammar: Grammar | None = None  # REMI token-type transitions (None = any order)
+    position_of: Tensor | None = None  # (V,) long: value of each Position token, -1 for others;
+    # with the grammar on, Positions rise within a bar (REMI time never goes back)
 
     def to(self, device: torch.device | str) -> Constraints:
         """Same constraints with masks on `device`."""
         return Constraints(
-            self.banned.to(device), self.is_pitch.to(device), self.is_boundary.to(device), self.max_polyphony
+            self.banned.to(device), self.is_pitch.to(device), self.is_boundary.to(device), self.max_polyphony,
+            self.grammar.to(device) if self.grammar is not None else None,
+            self.position_of.to(device) if self.position_of is not None else None,
         )
+
+    def position_order(self, x: Tensor, known: Tensor) -> Tensor:
+        """(B, L, V) bool: Position tokens a slot may not take, because the nearest known Position
+        on its left (in the same bar) is not earlier or the one on its right is not later."""
+        B, L = x.shape
+        pos_val = self.position_of[x].masked_fill(~known, -1)  # (B, L)
+        boundary = known & self.is_boundary[x]  # Bar or Position
+        idx = torch.arange(L, device=x.device).expand(B, L)
+        left = torch.where(boundary, idx, -1).cummax(1).values
+        left = torch.cat([torch.full((B, 1), -1, device=x.device), left[:, :-1]], 1)
+        left_val = torch.where(left >= 0, pos_val.gather(1, left.clamp(min=0)), -1)  # Bar/start: -1
+        right = torch.where(boundary, idx, L).flip(1).cummin(1).values.flip(1)
+        right = torch.cat([right[:, 1:], torch.full((B, 1), L, device=x.device)], 1)
+        right_val = torch.where(right < L, pos_val.gather(1, right.clamp(max=L - 1)), -1)
+        right_val = right_val.masked_fill(right_val < 0, torch.iinfo(torch.long).max)  # Bar/end: none
+        v = self.position_of  # (V,)
+        return (v >= 0) & ((v <= left_val[..., None]) | (v >= right_val[..., None]))
 
     def _segment_pitch_counts(self, x: Tensor, counted: Tensor) -> tuple[Tensor, Tensor]:
         """Segment id (B, L) of each slot and the number of `counted` pitches per segment (B, L+1)."""
@@ -63,6 +89,15 @@ class Constraints:
     def apply(self, logits: Tensor, x: Tensor, known: Tensor) -> Tensor:
         """Logits (B, L, V) with disallowed tokens set to -inf, given the current x (B, L)."""
         logits = logits.masked_fill(self.banned, float("-inf"))
+        if self.grammar is not None:
+            ok = self.grammar.allowed(x, known) & ~self.banned  # (B, L, V)
+            if self.position_of is not None:
+                # The order rule is conservative (a Bar may still come between): where it would
+                # leave a slot nothing, the grammar alone decides.
+                ordered = ok & ~self.position_order(x, known)
+                modelled = (ordered & (self.grammar.type_of >= 0)).any(-1, keepdim=True)
+                ok = torch.where(modelled, ordered, ok)
+            logits = logits.masked_fill(~ok, float("-inf"))
         if self.max_polyphony is not None:
             blocked = self.pitch_blocked(x, known)  # (B, L)
             logits = logits.masked_fill(blocked[..., None] & self.is_pitch, float("-inf"))
@@ -100,6 +135,8 @@ def make_constraints(
     max_polyphony: int | None = None,
     ban_special: bool = True,
     ban_prefixes: Sequence[str] = (),
+    scale: str | None = None,
+    grammar: bool = True,
 ) -> Constraints:
     """Constraints for a miditok tokenizer (or its vocab dict token -> id).
 
@@ -107,31 +144,40 @@ def make_constraints(
     max_polyphony: max Pitch tokens per REMI onset (None = no cap).
     ban_special: never sample PAD/BOS/EOS/MASK/SEP (they decode to nothing).
     ban_prefixes: token types never sampled, e.g. ("Bar_",) so an infill keeps the bar count.
+    scale: 'TONIC:MODE' (e.g. 'C:major', 'C:pentatonic'): only Pitch tokens in it (None = any).
+    grammar: follow the REMI token-type grammar (smdim.sampling.grammar).
     """
+    in_scale = pitch_classes(scale) if scale is not None else None
     vocab, specials = _vocab(tokenizer_or_vocab)
     size = max(vocab.values()) + 1
     banned = torch.zeros(size, dtype=torch.bool)
     is_pitch = torch.zeros(size, dtype=torch.bool)
     is_boundary = torch.zeros(size, dtype=torch.bool)
+    position_of = torch.full((size,), -1, dtype=torch.long)
     for name, i in vocab.items():
         kind, _, value = name.partition("_")
         if kind == "Pitch":
             is_pitch[i] = True
             if pitch_range is not None and not pitch_range[0] <= int(value) <= pitch_range[1]:
                 banned[i] = True
+            if in_scale is not None and int(value) % 12 not in in_scale:
+                banned[i] = True
         elif kind in ("Bar", "Position"):
             is_boundary[i] = True
+            if kind == "Position":
+                position_of[i] = int(value)
         if ban_prefixes and name.startswith(tuple(ban_prefixes)):
             banned[i] = True
     if ban_special:
         for name in specials:
             banned[vocab[name]] = True
-    if pitch_range is not None:
-        lo, hi = pitch_range
-        if not (is_pitch & ~banned).any():
-            raise SmdimError(f"pitch_range [{lo}, {hi}] allows no Pitch token of the vocabulary; widen it")
+    if (pitch_range is not None or scale is not None) and not (is_pitch & ~banned).any():
+        raise SmdimError(f"pitch_range {list(pitch_range or [])} and scale {scale!r} together allow no "
+                         "Pitch token of the vocabulary; widen the range")
     if max_polyphony is not None and max_polyphony < 1:
         raise SmdimError(f"max_polyphony must be >= 1 or null, got {max_polyphony}")
     if not (~banned & ~is_pitch).any():
         raise SmdimError("constraints ban every non-pitch token; check the tokenizer vocabulary")
-    return Constraints(banned, is_pitch, is_boundary, max_polyphony)
+    rules = remi_grammar(vocab) if grammar else None
+    return Constraints(banned, is_pitch, is_boundary, max_polyphony, rules,
+                       position_of if rules is not None else None)

@@ -97,6 +97,7 @@ class _Step:
         logits = self.denoiser(x, t, pad_mask=None).float()  # (B, L, V)
         mask_col = torch.tensor([self.mask_id], device=logits.device)
         logits = logits.index_fill(-1, mask_col, float("-inf"))  # out of place: never edit the output
+        self.unconstrained = logits  # for redraws under neighbours drawn later in the same step
         if self.constraints is not None:
             logits = self.constraints.apply(logits, x, x != self.mask_id)
         return logits
@@ -121,6 +122,29 @@ class _Step:
                 # Redraw from the same prediction with pitches excluded: no extra network call.
                 redo = logits[excess].masked_fill(self.constraints.is_pitch, float("-inf"))
                 x[excess] = self.draw(redo)
+        if self.constraints is not None and self.constraints.grammar is not None:
+            x = self._repair_grammar(x, known, sel)
+        return x
+
+    def _repair_grammar(self, x: Tensor, known_before: Tensor, new: Tensor) -> Tensor:
+        """Redraw, one at a time from the left, new tokens that clash with others drawn in this step.
+
+        Each redraw sees every token kept so far, so it fits them (smdim.sampling.grammar); no
+        extra network call: the step's network output (before its constraints) is reused.
+        """
+        c = self.constraints
+        bad = c.grammar.clashes(x, known_before, new, c.position_of)  # (B, L)
+        if not bad.any():
+            return x
+        x = x.masked_fill(bad, self.mask_id)
+        rank = bad.long().cumsum(1).masked_fill(~bad, 0)  # 1, 2, ... for each row's clashes
+        for r in range(1, int(rank.max()) + 1):
+            sel = rank == r  # at most one slot per row
+            redo = c.apply(self.unconstrained, x, x != self.mask_id)[sel]  # (n, V)
+            stuck = torch.isinf(redo).all(-1)  # cannot happen for a consistent x; be safe anyway
+            redo[stuck] = torch.zeros_like(redo[stuck]).masked_fill(c.banned, float("-inf"))
+            x = x.clone()
+            x[sel] = self.draw(redo)
         return x
 
 

@@ -24,7 +24,8 @@ def write_set(composer: Composer, cfg: SampleConfig, out: Path, subdir: str, n: 
     generator = torch.Generator(device=composer.device).manual_seed(seed)
     pieces = composer.generate(
         n, length, generator=generator, batch_size=cfg.batch_size, method=cfg.method, steps=cfg.steps,
-        temperature=cfg.temperature, constraints=constraints_for(composer, cfg.pitch_range, cfg.max_polyphony),
+        temperature=cfg.temperature, constraints=constraints_for(composer, cfg.pitch_range, cfg.max_polyphony, scale=cfg.scale,
+                                    grammar=cfg.grammar),
         unmask_schedule=cfg.unmask_schedule, confidence_noise=cfg.confidence_noise, progress=True,
     )
     records = []
