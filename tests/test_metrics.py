@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import symusic
 from scipy import stats
 
-from smdim.config import build
+from smdim.config import build, load_section
 from smdim.data.manifest import midi_files
 from smdim.errors import ConfigError
 from smdim.metrics.config import EvaluateConfig
@@ -24,6 +26,8 @@ from smdim.metrics.oa import (
 )
 from smdim.metrics.pieces import extract_features
 from smdim.metrics.reference import crop_ids, select_pieces
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_score(tracks: list[list[tuple[int, int, int, int]]], tpq: int = 480, time_sig=None):
@@ -234,6 +238,11 @@ def test_config_validation():
         build(EvaluateConfig, {"attributes": ["loudness"]}, "evaluate")
     with pytest.raises(ConfigError, match="max_reference"):
         build(EvaluateConfig, {"max_reference": 1}, "evaluate")
+    for bad in ({"bootstrap": -1}, {"srs_threshold": 0.0}, {"srs_min_bars": 3}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            build(EvaluateConfig, bad, "evaluate")
+    # params.yaml and the dataclass agree on every default.
+    assert load_section(EvaluateConfig, "evaluate", ROOT / "params.yaml") == EvaluateConfig()
 
 
 @pytest.mark.parametrize("shift", [0.0, 0.7, 3.0], ids=["same", "near", "far"])
