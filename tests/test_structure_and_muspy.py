@@ -44,6 +44,7 @@ def test_srs_on_constructed_repeats(bars, expected):
     piece = sections_piece(bars)
     assert n_bars(piece) == len(bars)
     assert srs(piece) == pytest.approx(expected)
+    assert srs(piece.to("quarter")) == pytest.approx(expected)  # any time unit
 
 
 def test_similarity_threshold_and_matrix():
@@ -82,6 +83,7 @@ def test_muspy_metrics_by_hand(tiny_midi):
     assert m["empty_beat_rate"] == pytest.approx(1 / 8)
     assert m["polyphony"] == pytest.approx(7 / 6)  # 7 notes x 12 ticks over 6 x 12 sounding ticks
     assert m["pitch_range"] == 12 and m["n_pitches_used"] == 7
+    assert piece_metrics(symusic.Score(str(tiny_midi)).to("quarter")) == pytest.approx(m)
 
 
 def test_muspy_summary_gap(tiny_midi):

@@ -14,7 +14,7 @@ import muspy
 import numpy as np
 import symusic
 
-from smdim.metrics.features import merged_notes
+from smdim.metrics.features import in_ticks, merged_notes
 
 RESOLUTION = muspy.DEFAULT_RESOLUTION  # ticks per beat of the muspy.Music
 METRICS = (
@@ -30,6 +30,7 @@ METRICS = (
 
 def to_muspy(score: symusic.Score) -> muspy.Music:
     """All notes of a Score in one muspy track at RESOLUTION ticks per beat (durations >= 1 tick)."""
+    score = in_ticks(score)
     notes = merged_notes(score)
     scale = RESOLUTION / float(score.ticks_per_quarter)
     time = np.round(notes["time"] * scale).astype(np.int64)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import symusic
 
-from smdim.metrics.features import bar_starts, merged_notes
+from smdim.metrics.features import bar_starts, in_ticks, merged_notes
 
 POSITIONS_PER_BEAT = 4  # onset grid of a bar (16th notes)
 MIN_LINE = 4  # shortest recurring section, in bars
@@ -25,6 +25,7 @@ MIN_LINE = 4  # shortest recurring section, in bars
 
 def bar_vectors(score: symusic.Score) -> np.ndarray:
     """Binary onset-grid vector of every bar from bar 0 to the last onset -> (B, positions * 128)."""
+    score = in_ticks(score)
     notes = merged_notes(score)
     if len(notes["time"]) == 0:
         return np.zeros((0, 0))
