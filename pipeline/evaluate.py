@@ -1,4 +1,5 @@
-"""Stage `evaluate`: OA of results/samples vs the test split -> results/evaluate/ (metrics, report, plots)."""
+"""Stage `evaluate`: OA (with intervals), muspy metrics and SRS of results/samples vs the test split
+-> results/evaluate/ (metrics, report, plots)."""
 
 from __future__ import annotations
 
@@ -57,8 +58,9 @@ def main() -> None:
     write_json(out / "plots" / "oa_vs_length.json", length_records(result))
     plot_bars(result, out / "plots" / "oa_bars.png")
     plot_vs_length(result, out / "plots" / "oa_vs_length.png")
-    log.info("average OA %.3f (ceiling %.3f) in %.1f s -> %s",
-             result["oa"]["average"], result["oa_ceiling"]["average"], seconds, out)
+    log.info("headline %.3f = average OA %.3f (ceiling %.3f) x usable rate %.3f, in %.1f s -> %s",
+             result["headline"], result["oa"]["average"], result["oa_ceiling"]["average"],
+             result["usable_rate"], seconds, out)
 
 
 if __name__ == "__main__":

@@ -46,8 +46,13 @@ def test_repro_produces_midi_pictures_and_metrics(pipeline_project):
         assert pm.resolution > 0
         assert p.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = json.loads((proj / "results/evaluate/metrics.json").read_text())
-    assert 0.0 <= metrics["oa"]["average"] <= 1.0
-    assert 0.0 <= metrics["oa_ceiling"]["average"] <= 1.0
+    # The headline rule and the average hold exactly; a 6-step model cannot beat real music.
+    assert metrics["usable_rate"] == pytest.approx(metrics["n_generated"] / metrics["n_files"])
+    assert metrics["headline"] == pytest.approx(metrics["oa"]["average"] * metrics["usable_rate"])
+    kept = [v for k, v in metrics["oa"].items() if k != "average" and metrics["in_average"][k]]
+    assert metrics["oa"]["average"] == pytest.approx(sum(kept) / len(kept))
+    assert metrics["headline_ci"]["lo"] <= metrics["headline"] <= metrics["headline_ci"]["hi"]
+    assert metrics["headline"] < metrics["oa_ceiling"]["average"], metrics
     assert set(metrics["oa_vs_length"]) == {"64", "128"}
     assert (proj / "models/model.pt").is_file()
     assert "<audio controls" in (proj / "results/report/index.html").read_text()
@@ -68,4 +73,8 @@ def test_experiment_compared_with_metrics_diff(pipeline_project):
     row = next(line for line in diff.splitlines() if "oa.average" in line)
     # Both experiments' OA appear: HEAD (mfa) and the workspace (transformer).
     assert f"{base:.5g}"[:5] in row and f"{exp:.5g}"[:5] in row, diff
+    # Intervals and muspy gaps reach `dvc metrics diff` (--all: a 6-step model may leave some unchanged).
+    every = run([DVC, "metrics", "diff", "--all", "--md"], proj).stdout
+    for key in ("headline", "oa_ci.average.lo", "oa_ci.average.hi", "usable_rate", "muspy.gap.pitch_class_entropy"):
+        assert key in every, (key, every)
     assert "model.block" in run([DVC, "params", "diff"], proj).stdout

@@ -13,11 +13,11 @@ import yaml
 from conftest import run
 
 from smdim.config import build
+from smdim.data.manifest import midi_files
 from smdim.data.shards import read_shards, write_shards
 from smdim.errors import SmdimError
 from smdim.metrics.config import EvaluateConfig
 from smdim.metrics.evaluate import evaluate_run
-from smdim.metrics.pieces import midi_files
 from smdim.tokenization.config import TokenizeConfig
 from smdim.tokenization.decode import tokens_to_score, write_midi
 from smdim.tokenization.encode import encode_file
@@ -88,6 +88,21 @@ def test_evaluate_run_on_real_pieces(fake_project):
     assert all(v > 0.6 for v in res["oa_vs_length"].values()), res["oa_vs_length"]
     # Other songs than the training ones: nothing memorised, as for the test pieces.
     assert res["memorisation"]["generated"] == 0.0 and res["memorisation"]["test"] == 0.0
+    # The empty file counts against the headline; every interval holds its estimate.
+    assert res["usable_rate"] == pytest.approx(10 / 11)
+    assert res["headline"] == pytest.approx(res["oa"]["average"] * 10 / 11)
+    for name, ci in res["oa_ci"].items():
+        assert ci["lo"] <= res["oa"][name] <= ci["hi"], (name, ci)
+    assert res["headline_ci"]["lo"] <= res["headline"] <= res["headline_ci"]["hi"]
+    # L-token samples only meet test pieces of >= L tokens; all 16 test songs are longer than 256.
+    assert res["short_left_out_vs_length"] == {"128": 0, "256": 0}
+    assert res["n_reference_vs_length"] == {"128": 12, "256": 12}
+    # Real songs: the muspy gap to the test set is small next to the spread of the test set.
+    for name, gap in res["muspy"]["gap"].items():
+        assert abs(gap) <= 3 * res["muspy"]["test"][name]["sd"] + 1e-9, (name, gap)
+    # SRS: whole test songs (POP909 ~0.6 in PhraseVAE); 512-token windows are under 16 bars: left out.
+    assert res["srs"]["n_test"] == 12 and 0.3 < res["srs"]["test"] < 0.9, res["srs"]
+    assert res["srs"]["n_generated"] == 0 and res["srs"]["generated"] is None
     assert res == _run(fake_project, max_reference=12)  # deterministic
 
 
@@ -113,16 +128,25 @@ def test_stage_writes_outputs_and_runs_under_dvc(fake_project, make_project):
     assert set(metrics["oa"]) == {"used_pitch", "velocity", "ioi", "average"}
     assert set(metrics["oa_vs_length"]) == {"128", "256"}
     assert metrics["n_reference"] == 12 and metrics["skipped"]["generated"] == 1
+    assert metrics["usable_rate"] == pytest.approx(10 / 11)
+    assert metrics["headline"] == pytest.approx(metrics["oa"]["average"] * 10 / 11)
+    assert set(metrics["oa_ci"]) == set(metrics["oa"]) and set(metrics["headline_ci"]) == {"lo", "hi"}
+    assert set(metrics["muspy"]) == {"generated", "test", "train", "gap"}
     report = (out / "report.md").read_text()
-    assert "| attribute | generated vs test | train vs test (ceiling) |" in report
-    assert f"| **average** | {metrics['oa']['average']:.3f} | {metrics['oa_ceiling']['average']:.3f} |" in report
+    assert "| attribute | generated vs test | 95% CI | train vs test (ceiling) | in average |" in report
+    ci = metrics["oa_ci"]["average"]
+    assert (f"| **average** | {metrics['oa']['average']:.3f} | [{ci['lo']:.3f}, {ci['hi']:.3f}] "
+            f"| {metrics['oa_ceiling']['average']:.3f} |") in report
+    assert f"**Headline {metrics['headline']:.3f}**" in report
+    for section in ("## muspy metrics", "## Structure: Section Recurrence Score", "## Memorisation"):
+        assert section in report
     for png in ("oa_bars.png", "oa_vs_length.png"):
         assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     recs = json.loads((out / "plots" / "oa_vs_length.json").read_text())
     assert [r["length"] for r in recs] == list(LENGTHS)
     assert "generated: empty 1, single_onset 0, unreadable 0" in report
     shown = run([str(Path(sys.executable).parent / "dvc"), "metrics", "show", "--json"], proj)
-    assert "oa_ceiling" in shown.stdout
+    assert "oa_ceiling" in shown.stdout and "headline_ci" in shown.stdout and "pitch_class_entropy" in shown.stdout
     plots = run([str(Path(sys.executable).parent / "dvc"), "plots", "show", "--json",
                  "results/evaluate/plots/oa_vs_length.json"], proj)
     assert '"length": 128' in plots.stdout

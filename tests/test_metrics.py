@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import symusic
 from scipy import stats
 
-from smdim.config import build
+from smdim.config import build, load_section
+from smdim.data.manifest import midi_files
 from smdim.errors import ConfigError
 from smdim.metrics.config import EvaluateConfig
 from smdim.metrics.evaluate import evaluate
@@ -16,11 +19,15 @@ from smdim.metrics.oa import (
     attribute_oa,
     inter_set_distances,
     intra_set_distances,
+    is_constant,
+    mean_oa,
     overlap_area,
     set_oa,
 )
-from smdim.metrics.pieces import extract_features, midi_files
+from smdim.metrics.pieces import extract_features
 from smdim.metrics.reference import crop_ids, select_pieces
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_score(tracks: list[list[tuple[int, int, int, int]]], tpq: int = 480, time_sig=None):
@@ -102,7 +109,37 @@ def test_overlap_area_known_values():
     assert overlap_area(a, b) == overlap_area(b, a)  # symmetric by construction
     assert overlap_area(a, a + 50) < 1e-6
     # mgeval's integration range [min, max] cuts the tails off: lower than the full integral.
-    assert overlap_area(a, a, support="data") < overlap_area(a, a)
+    assert overlap_area(a, a, support="data") < overlap_area(a, a, support="kde")
+
+
+@pytest.mark.parametrize("support", ["data", "kde"])
+def test_identical_sets_score_one(support):
+    # Continuous values: the KDE mass outside [min, max] is tiny, so both integrations give 1.
+    a = np.random.default_rng(5).normal(0, 1, 4000)
+    assert overlap_area(a, a, support=support) == pytest.approx(1.0, abs=2e-3)
+    const = np.full(30, 3.0)
+    assert overlap_area(const, const, support=support) == 1.0
+
+
+def test_data_support_is_the_kde_mass_inside_min_max():
+    # Known answer for identical samples under mgeval's range: the KDE's own mass on [min, max].
+    a = np.abs(np.random.default_rng(6).normal(0, 1, 3000))  # distance-like, piled up at 0
+    h = np.sqrt(stats.gaussian_kde(a).covariance[0, 0])
+    mass = np.mean(stats.norm.cdf((a.max() - a) / h) - stats.norm.cdf((a.min() - a) / h))
+    assert mass < 0.99  # a real cut, not a rounding
+    assert overlap_area(a, a, support="data") == pytest.approx(mass, abs=2e-3)
+    assert overlap_area(a, a, support="kde") == pytest.approx(1.0, abs=2e-3)
+
+
+def test_constant_attribute_is_reported_but_not_averaged():
+    rng = np.random.default_rng(4)
+    ref = {"used_pitch": rng.integers(20, 40, (40, 1)).astype(float), "velocity": np.full((40, 1), 64.0)}
+    gen = {"used_pitch": rng.integers(20, 40, (30, 1)).astype(float), "velocity": np.full((30, 1), 64.0)}
+    assert is_constant(ref["velocity"]) and not is_constant(ref["used_pitch"])
+    oa = set_oa(gen, ref)
+    assert oa["velocity"] == 1.0  # a free point: reported ...
+    assert oa["average"] == pytest.approx(oa["used_pitch"])  # ... but not averaged
+    assert mean_oa({"a": 0.2, "b": 1.0}, ["b"]) == 0.2 and mean_oa({"a": 0.2, "b": 1.0}, ["a", "b"]) == 0.6
 
 
 def test_overlap_area_degenerate_inputs():
@@ -201,6 +238,11 @@ def test_config_validation():
         build(EvaluateConfig, {"attributes": ["loudness"]}, "evaluate")
     with pytest.raises(ConfigError, match="max_reference"):
         build(EvaluateConfig, {"max_reference": 1}, "evaluate")
+    for bad in ({"bootstrap": -1}, {"srs_threshold": 0.0}, {"srs_min_bars": 3}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            build(EvaluateConfig, bad, "evaluate")
+    # params.yaml and the dataclass agree on every default.
+    assert load_section(EvaluateConfig, "evaluate", ROOT / "params.yaml") == EvaluateConfig()
 
 
 @pytest.mark.parametrize("shift", [0.0, 0.7, 3.0], ids=["same", "near", "far"])

@@ -13,14 +13,11 @@ MANIFEST = "manifest.json"
 MIDI_SUFFIXES = (".mid", ".midi")
 
 
-def midi_files(root: str | os.PathLike) -> list[str]:
-    """Relative ('/'-separated) paths of the MIDI files under `root`, sorted."""
+def midi_files(root: str | os.PathLike) -> list[Path]:
+    """The MIDI files (.mid/.midi) under `root`, recursively, sorted by their '/'-separated relative path."""
     root = Path(root)
-    return sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in MIDI_SUFFIXES
-    )
+    found = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in MIDI_SUFFIXES]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
 def write_manifest(
@@ -29,8 +26,8 @@ def write_manifest(
     """Describe the MIDI files now in `directory` and write `directory`/manifest.json."""
     directory = Path(directory)
     files = [
-        {"path": rel, "sha256": sha256_file(directory / rel), "bytes": (directory / rel).stat().st_size}
-        for rel in midi_files(directory)
+        {"path": p.relative_to(directory).as_posix(), "sha256": sha256_file(p), "bytes": p.stat().st_size}
+        for p in midi_files(directory)
     ]
     manifest = {
         "dataset": dataset,

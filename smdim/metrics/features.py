@@ -55,13 +55,14 @@ class NoFeatures(Exception):
         self.reason = reason
 
 
-def _in_ticks(score: symusic.Score) -> symusic.Score:
+def in_ticks(score: symusic.Score) -> symusic.Score:
+    """The score with tick times (converted if it is in quarters or seconds)."""
     return score if isinstance(score.ttype, symusic.core.Tick) else score.to("tick")
 
 
 def merged_notes(score: symusic.Score) -> dict[str, np.ndarray]:
     """All tracks' notes as arrays (time, duration in ticks; pitch, velocity), sorted by onset."""
-    score = _in_ticks(score)
+    score = in_ticks(score)
     parts = [t.notes.numpy() for t in score.tracks]
     keys = ("time", "duration", "pitch", "velocity")
     if not parts:
@@ -95,7 +96,7 @@ def bar_starts(score: symusic.Score, until_tick: int) -> np.ndarray:
 
 def piece_features(score: symusic.Score) -> dict[str, np.ndarray]:
     """The 7 attributes of one piece, each a float vector (length per ATTRIBUTES); raises NoFeatures."""
-    score = _in_ticks(score)
+    score = in_ticks(score)
     notes = merged_notes(score)
     n = len(notes["time"])
     if n == 0:

@@ -25,6 +25,12 @@ class FeatureSet:
     features: dict[str, np.ndarray]
     n: int
     skipped: Counter = field(default_factory=Counter)
+    scores: list[symusic.Score] = field(default_factory=list)  # the usable pieces, loaded
+
+    @property
+    def n_given(self) -> int:
+        """Pieces given, usable or not."""
+        return self.n + sum(self.skipped.values())
 
     def summary(self) -> dict[str, float]:
         """Mean of each scalar attribute (for the report); histograms are left out."""
@@ -44,21 +50,18 @@ def load_piece(piece: Piece) -> symusic.Score:
 def extract_features(pieces: Iterable[Piece], desc: str = "features") -> FeatureSet:
     """Features of every piece; empty, single-onset and unreadable pieces are skipped and counted."""
     rows: list[dict[str, np.ndarray]] = []
+    scores: list[symusic.Score] = []
     skipped: Counter = Counter()
     items = list(pieces) if not isinstance(pieces, Sequence) else pieces
     for piece in tqdm(items, desc=desc, leave=False, disable=len(items) < 1000):
         try:
-            rows.append(piece_features(load_piece(piece)))
+            score = load_piece(piece)
+            rows.append(piece_features(score))
+            scores.append(score)
         except NoFeatures as e:
             skipped[e.reason] += 1
     feats = {
         name: (np.stack([r[name] for r in rows]) if rows else np.zeros((0, dim)))  # (N, D)
         for name, dim in ATTRIBUTES.items()
     }
-    return FeatureSet(feats, len(rows), skipped)
-
-
-def midi_files(directory: str | os.PathLike) -> list[Path]:
-    """The .mid/.midi files directly in `directory`, sorted by name."""
-    d = Path(directory)
-    return sorted(p for p in d.iterdir() if p.suffix.lower() in (".mid", ".midi") and p.is_file())
+    return FeatureSet(feats, len(rows), skipped, scores)

@@ -4,7 +4,9 @@ Generated pieces are `L` tokens long while a test song is thousands; features su
 or used-pitch count grow with length, so comparing a 512-token sample to whole songs would measure
 length, not quality. Ground-truth pieces are therefore cropped to the same number of tokens: a
 window of `length` tokens starting at a Bar token chosen at random (seeded), as training crops are
-drawn, or the first `length` tokens (`start="start"`). Pieces shorter than the window stay whole.
+drawn, or the first `length` tokens (`start="start"`). Pieces shorter than the window stay whole
+in the main comparison; OA vs length leaves them out (`at_least`), so an L-token sample is only
+ever compared with L-token windows.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ def select_pieces(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
         return df
     idx = np.sort(np.random.default_rng(seed).choice(len(df), size=n, replace=False))
     return df.iloc[idx].reset_index(drop=True)
+
+
+def at_least(df: pd.DataFrame, length: int) -> pd.DataFrame:
+    """The rows whose token list has at least `length` tokens."""
+    return df[[len(t) >= length for t in df["tokens"]]]
 
 
 def crop_ids(

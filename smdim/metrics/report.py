@@ -1,10 +1,11 @@
-"""Human-readable outputs of the evaluation: the Markdown table and the two PNG plots."""
+"""Human-readable outputs of the evaluation: report.md and the two PNG plots."""
 
 from __future__ import annotations
 
 import os
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # headless: stages run without a display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -12,27 +13,59 @@ import matplotlib.pyplot as plt  # noqa: E402
 from smdim.io import atomic_path  # noqa: E402
 
 
+def _ci(ci: dict | None) -> str:
+    return f"[{ci['lo']:.3f}, {ci['hi']:.3f}]" if ci else "-"
+
+
+def _num(v: float | None, fmt: str = ".3f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _oa_table(result: dict) -> list[str]:
+    oa, ceil, cis = result["oa"], result["oa_ceiling"], result.get("oa_ci") or {}
+    inside = result.get("in_average", {})
+    lines = ["| attribute | generated vs test | 95% CI | train vs test (ceiling) | in average |",
+             "|---|---:|---:|---:|---|"]
+    for name in oa:
+        label = f"**{name}**" if name == "average" else name
+        flag = "" if name == "average" else ("yes" if inside.get(name, True) else "no (constant in the test set)")
+        lines.append(f"| {label} | {oa[name]:.3f} | {_ci(cis.get(name))} | {ceil.get(name, float('nan')):.3f} | {flag} |")
+    return lines
+
+
+def _muspy_table(m: dict) -> list[str]:
+    lines = ["| metric | generated | test | train | gap (generated - test) |", "|---|---:|---:|---:|---:|"]
+    for name, gap in m["gap"].items():
+        cells = [f"{_num(m[s][name]['mean'])} ± {_num(m[s][name]['sd'])}" for s in ("generated", "test", "train")]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_num(gap, '+.3f')} |")
+    return lines
+
+
 def markdown_report(result: dict, seconds: float | None = None) -> str:
-    """The report.md text: OA table (generated vs test, train-vs-test ceiling), counts, OA vs length."""
-    oa, ceil = result["oa"], result["oa_ceiling"]
+    """The report.md text: headline, OA table with intervals and ceiling, muspy, SRS, OA vs length."""
     crop = result.get("crop_tokens")
     lines = [
-        "# Evaluation: Overlapping Area (OA)",
+        "# Evaluation",
+        "",
+        f"**Headline {result['headline']:.3f}** {_ci(result.get('headline_ci'))} = average OA "
+        f"{result['oa']['average']:.3f} x usable rate {result['usable_rate']:.3f} "
+        f"({result['n_generated']} of {result['n_files']} generated files readable with >= 2 onsets): "
+        "an unusable piece costs as much as a usable one that overlaps nothing.",
+        "",
+        "## Overlapping Area (OA)",
         "",
         "OA in [0, 1] between the intra-set distances of the test pieces and the distances from the "
-        "evaluated pieces to them (mgeval, Yang & Lerch 2020); higher = closer to the test set. "
-        "The ceiling is what real music scores: train pieces evaluated the same way.",
+        "usable generated pieces to them (mgeval, Yang & Lerch 2020); higher = closer to the test set. "
+        "The ceiling is what real music scores: train pieces evaluated the same way. 95% intervals: "
+        "bootstrap over the generated pieces (unusable ones included). An attribute constant over the "
+        "test pieces is shown but left out of the average (of both rows).",
         "",
-        f"Generated pieces: {result['n_generated']}; test pieces: {result['n_reference']}; "
+        f"Generated files: {result['n_files']}; test pieces: {result['n_reference']}; "
         f"train pieces (ceiling): {result['n_ceiling']}; ground truth cropped to "
         f"{f'{crop} tokens' if crop else 'whole pieces'}.",
         "",
-        "| attribute | generated vs test | train vs test (ceiling) |",
-        "|---|---:|---:|",
+        *_oa_table(result),
     ]
-    for name in oa:
-        label = f"**{name}**" if name == "average" else name
-        lines.append(f"| {label} | {oa[name]:.3f} | {ceil.get(name, float('nan')):.3f} |")
     means = result.get("feature_means")
     if means:
         lines += ["", "Feature means (scalar attributes):", "",
@@ -40,15 +73,31 @@ def markdown_report(result: dict, seconds: float | None = None) -> str:
         for name in means["test"]:
             row = [means[k].get(name, float("nan")) for k in ("generated", "test", "train")]
             lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    if result.get("muspy"):
+        lines += ["", "## muspy metrics", "", "Per piece (mean ± sd over the usable pieces; the test and "
+                  "train pieces are the OA crops):", "", *_muspy_table(result["muspy"])]
+    srs = result.get("srs")
+    if srs:
+        lines += ["", "## Structure: Section Recurrence Score", "",
+                  "Summed length of recurring lines of >= 4 bars in the bar self-similarity matrix, per bar "
+                  "(PhraseVAE); pieces with fewer bars than evaluate.srs_min_bars are left out. Generated: "
+                  "the main and by-length sets; test: whole pieces.", "",
+                  "| set | SRS | pieces |", "|---|---:|---:|",
+                  f"| generated | {_num(srs['generated'])} | {srs['n_generated']} |",
+                  f"| test | {_num(srs['test'])} | {srs['n_test']} |"]
     if result["oa_vs_length"]:
-        lines += ["", "Average OA vs generated length:", "",
-                  "| length (tokens) | generated vs test | train vs test (ceiling) |", "|---:|---:|---:|"]
+        lines += ["", "## Average OA vs generated length", "",
+                  "L-token samples vs L-token windows of the test pieces that have at least L tokens.", "",
+                  "| length (tokens) | generated vs test | train vs test (ceiling) | test pieces | shorter, left out |",
+                  "|---:|---:|---:|---:|---:|"]
         for length, v in result["oa_vs_length"].items():
-            c = result["oa_ceiling_vs_length"].get(length, float("nan"))
-            lines.append(f"| {length} | {v:.3f} | {c:.3f} |")
+            c = result["oa_ceiling_vs_length"].get(length)
+            lines.append(f"| {length} | {v:.3f} | {_num(c)} | {result['n_reference_vs_length'][length]} "
+                         f"| {result['short_left_out_vs_length'][length]} |")
     memo = result.get("memorisation")
     if memo:
-        lines += ["", "Melody memorisation vs the train split (top-line interval 4-grams; memorised = the "
+        lines += ["", "## Memorisation", "",
+                  "Melody memorisation vs the train split (top-line interval 4-grams; memorised = the "
                   "closest train song is over 3x closer than the next):", "",
                   "| set | memorised share | mean best containment |", "|---|---:|---:|",
                   f"| generated | {memo['generated']:.3f} | {memo['generated_max_similarity']:.3f} |",
@@ -64,7 +113,8 @@ def markdown_report(result: dict, seconds: float | None = None) -> str:
 def length_records(result: dict) -> list[dict]:
     """OA vs length as records for `dvc plots show` (x = length, y = oa / oa_ceiling)."""
     return [
-        {"length": int(k), "oa": v, "oa_ceiling": result["oa_ceiling_vs_length"].get(k)}
+        {"length": int(k), "oa": v, "oa_ceiling": result["oa_ceiling_vs_length"].get(k),
+         "n_reference": result["n_reference_vs_length"].get(k)}
         for k, v in result["oa_vs_length"].items()
     ]
 
@@ -76,17 +126,29 @@ def _save(fig, path: str | os.PathLike) -> None:
 
 
 def plot_bars(result: dict, path: str | os.PathLike) -> None:
-    """Grouped bars per attribute: generated vs test, and the train-vs-test ceiling."""
+    """Grouped bars per attribute: generated vs test with its 95% interval, and the ceiling;
+    attributes left out of the average are hatched."""
     names = list(result["oa"])
-    x = range(len(names))
+    x = np.arange(len(names))
+    gen = np.array([result["oa"][n] for n in names])
+    cis = result.get("oa_ci") or {}
+    err = np.array([[gen[i] - cis[n]["lo"], cis[n]["hi"] - gen[i]] if n in cis else [0.0, 0.0]
+                    for i, n in enumerate(names)]).T.clip(0)  # (2, A)
+    inside = result.get("in_average", {})
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(names)), 4))
-    ax.bar([i - 0.2 for i in x], [result["oa"][n] for n in names], 0.4, label="generated vs test")
-    ax.bar([i + 0.2 for i in x], [result["oa_ceiling"].get(n, 0.0) for n in names], 0.4,
+    bars = ax.bar(x - 0.2, gen, 0.4, yerr=err, capsize=3, label="generated vs test (95% CI)")
+    for bar, n in zip(bars, names, strict=True):
+        if not inside.get(n, True):
+            bar.set_hatch("//")
+            bar.set_alpha(0.5)
+    ax.bar(x + 0.2, [result["oa_ceiling"].get(n, 0.0) for n in names], 0.4,
            label="train vs test (ceiling)", color="lightgray", edgecolor="gray")
-    ax.set_xticks(list(x), [n.replace("_", "\n") for n in names], fontsize=8)
+    ax.set_xticks(list(x), [n.replace("_", "\n") + ("\n(not in avg)" if not inside.get(n, True) else "")
+                            for n in names], fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("overlapping area")
-    ax.set_title(f"OA per attribute ({result['n_generated']} generated, {result['n_reference']} test)")
+    ax.set_title(f"OA per attribute ({result['n_generated']} generated, {result['n_reference']} test); "
+                 f"headline {result['headline']:.3f}")
     ax.legend(loc="lower right", fontsize=8)
     _save(fig, path)
 
@@ -98,7 +160,7 @@ def plot_vs_length(result: dict, path: str | os.PathLike) -> None:
     if recs:
         xs = [r["length"] for r in recs]
         ax.plot(xs, [r["oa"] for r in recs], "o-", label="generated vs test")
-        ax.plot(xs, [r["oa_ceiling"] for r in recs], "s--", color="gray", label="train vs test (ceiling)")
+        ax.plot(xs, [np.nan if r["oa_ceiling"] is None else r["oa_ceiling"] for r in recs], "s--", color="gray", label="train vs test (ceiling)")
         ax.set_xscale("log", base=2)
         ax.set_xticks(xs, [str(v) for v in xs])
         ax.legend(fontsize=8)

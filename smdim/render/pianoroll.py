@@ -15,19 +15,17 @@ from matplotlib.figure import Figure
 
 from smdim.errors import SmdimError
 from smdim.io import atomic_path
+from smdim.metrics.features import NoFeatures, bar_starts
+from smdim.metrics.pieces import load_piece
 
 CMAP = "viridis"
 
 
 def _load(score_or_path):
-    import symusic
-
-    if isinstance(score_or_path, (str, os.PathLike)):
-        try:
-            return symusic.Score(str(score_or_path))
-        except Exception as e:  # symusic raises plain RuntimeError/ValueError on bad files
-            raise SmdimError(f"{score_or_path}: cannot read MIDI ({e}); check the file") from None
-    return score_or_path
+    try:
+        return load_piece(score_or_path)
+    except NoFeatures as e:  # an unreadable file: one line a user can act on
+        raise SmdimError(f"{score_or_path}: cannot read MIDI ({e.__cause__}); check the file") from None
 
 
 def _notes(score) -> np.ndarray:
@@ -44,17 +42,8 @@ def _notes(score) -> np.ndarray:
 def _bar_lines(score, end_beat: float) -> list[float]:
     """Bar starts in beats (quarter notes), following the time signatures (4/4 if none)."""
     tpq = max(int(score.ticks_per_quarter), 1)
-    sigs = sorted((ts.time / tpq, ts.numerator * 4.0 / ts.denominator) for ts in score.time_signatures)
-    if not sigs or sigs[0][0] > 0:
-        sigs.insert(0, (0.0, 4.0))
-    lines: list[float] = []
-    for i, (start, bar_len) in enumerate(sigs):
-        stop = sigs[i + 1][0] if i + 1 < len(sigs) else end_beat
-        b = start
-        while b < stop and bar_len > 0 and len(lines) < 10_000:
-            lines.append(b)
-            b += bar_len
-    return lines
+    starts = bar_starts(score, int(end_beat * tpq)) / tpq
+    return starts[starts < end_beat][:10_000].tolist()
 
 
 def _draw(ax: Axes, score, *, small: bool = False) -> None:
