@@ -97,6 +97,9 @@ class Constraints:
                 ordered = ok & ~self.position_order(x, known)
                 modelled = (ordered & (self.grammar.type_of >= 0)).any(-1, keepdim=True)
                 ok = torch.where(modelled, ordered, ok)
+            # A slot the grammar cannot fill under the bans (e.g. an infill with Bar tokens banned)
+            # keeps every token the bans allow.
+            ok = torch.where(ok.any(-1, keepdim=True), ok, ~self.banned)
             logits = logits.masked_fill(~ok, float("-inf"))
         if self.max_polyphony is not None:
             blocked = self.pitch_blocked(x, known)  # (B, L)
