@@ -25,19 +25,26 @@
 
 namespace {
 
+// One register's worth of floats: 8 with AVX (-mavx2 builds), 4 with the SSE2 baseline (wider
+// generic vectors would be split and partly scalarised there). float64 (the tests) always uses 4.
+#ifdef __AVX__
+constexpr int kFloatBytes = 32;
+#else
+constexpr int kFloatBytes = 16;
+#endif
 template <typename T>
-struct Pack;  // 32-byte vector of T
+struct Pack;
 template <>
 struct Pack<float> {
-  typedef float V __attribute__((vector_size(32)));
-  static constexpr int W = 8;
+  typedef float V __attribute__((vector_size(kFloatBytes)));
+  static constexpr int W = kFloatBytes / 4;
 };
 template <>
 struct Pack<double> {
   typedef double V __attribute__((vector_size(32)));
   static constexpr int W = 4;
 };
-typedef int32_t v8i __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(kFloatBytes)));  // float lanes as int32
 
 template <typename V>
 static inline __attribute__((always_inline)) V load(const void* p) {
@@ -56,7 +63,7 @@ static inline __attribute__((always_inline)) auto hsum(V v) {
   return s;
 }
 
-// Cephes expf on 8 lanes: x = k ln2 + r with |r| <= ln2 / 2, exp(r) by a degree-5 polynomial, 2^k
+// Cephes expf on a pack: x = k ln2 + r with |r| <= ln2 / 2, exp(r) by a degree-5 polynomial, 2^k
 // put into the exponent bits. Max error ~1 ulp in the normal range (no -ffast-math needed, which
 // would also loosen every other operation here); exactly 0 below -87.3, as std::exp rounds there.
 static inline __attribute__((always_inline)) Pack<float>::V exp_pack(Pack<float>::V x) {
@@ -80,7 +87,7 @@ static inline __attribute__((always_inline)) Pack<float>::V exp_pack(Pack<float>
   e = x < lo ? V{} : e;
   return x > hi ? V{} + INFINITY : e;
 }
-// Cephes logf on 8 lanes (x > 0, finite): x = m 2^e with m in [sqrt(1/2), sqrt(2)), log(m) by a
+// Cephes logf on a pack (x > 0, finite): x = m 2^e with m in [sqrt(1/2), sqrt(2)), log(m) by a
 // degree-8 polynomial; ~1 ulp.
 static inline __attribute__((always_inline)) Pack<float>::V log_pack(Pack<float>::V x) {
   typedef Pack<float>::V V;
