@@ -58,6 +58,12 @@ def load_kernel() -> ModuleType | None:
         return None
 
 
+def kernel_name() -> str:
+    """What `selective_scan_cpu` runs here: the kernel's build name, or the fallback."""
+    kernel = load_kernel()
+    return "fallback: chunked PyTorch scan" if kernel is None else kernel.__name__
+
+
 class _FusedScan(torch.autograd.Function):
     """The kernel as an autograd op; saves only its inputs (B, C time-major) for backward."""
 
