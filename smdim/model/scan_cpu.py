@@ -36,7 +36,10 @@ SOURCE = Path(__file__).parent / "csrc" / "selective_scan_cpu.cpp"
 
 def _build_flags() -> tuple[str, list[str]]:
     """Extension name and compiler flags for this CPU: AVX2+FMA where torch uses them, else baseline."""
-    flags = ["-O3", "-fopenmp"]  # -fopenmp: at::parallel_for's OpenMP loop and the `omp simd` loops
+    # -fopenmp: at::parallel_for's OpenMP loop lives in a header; the libgomp it links is the one
+    # torch already loaded (same soname), so torch.set_num_threads sizes the kernel's threads too.
+    # No -ffast-math: it folds the exp's rounding trick and the log1p correction (measured wrong).
+    flags = ["-O3", "-fopenmp"]
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
         return "smdim_selective_scan_avx2", flags + ["-mavx2", "-mfma"]
     return "smdim_selective_scan", flags
