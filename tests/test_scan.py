@@ -118,6 +118,15 @@ def test_optional_arguments_and_last_state(fn):
         torch.testing.assert_close(g, rg, msg=f"grad {name}")
 
 
+def test_fused_propagates_nan(kernel):
+    """A NaN in delta reaches that channel's outputs (the kernel's exp/softplus clamps keep it)."""
+    u, delta, A, B, C, D, z, bias = (t.detach() for t in make_inputs(30, torch.float32, n=16))
+    delta[0, 1, 10] = float("nan")
+    out = selective_scan_cpu(u, delta, A, B, C, D, z=z, delta_bias=bias, delta_softplus=True)
+    assert out[0, 1, 10:].isnan().all() and not out[0, 1, :10].isnan().any()
+    assert not out[1].isnan().any() and not out[0, 0].isnan().any()
+
+
 def test_fused_saves_no_state_sized_tensor(kernel):
     """Backward recomputes the states: every saved tensor is far below (B, D, L, N)."""
     batch, dim, L, n = 2, 32, 64, 16

@@ -98,7 +98,8 @@ def scan_ab(shapes: list[tuple[int, int, int]], rounds: int) -> dict[str, Any]:
             ref_out, ref_grads = _scan_step(selective_scan_ref, ins)
             out, grads = _scan_step(selective_scan_cpu, ins)
             row["max_rel_err_vs_ref"] = max(
-                float((a - b).abs().max() / b.abs().max()) for a, b in zip([out, *grads], [ref_out, *ref_grads], strict=True)
+                float((a - b).abs().max() / b.abs().max())
+                for a, b in zip([out.detach(), *grads], [ref_out.detach(), *ref_grads], strict=True)
             )
         result[f"b{batch}_d{d}_L{length}"] = row
     return result

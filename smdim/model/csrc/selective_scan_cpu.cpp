@@ -85,7 +85,8 @@ static inline __attribute__((always_inline)) Pack<float>::V exp_pack(Pack<float>
   v8i bits = reinterpret_cast<v8i&>(p) + (__builtin_convertvector(k, v8i) << 23);
   V e = reinterpret_cast<V&>(bits);
   e = x < lo ? V{} : e;
-  return x > hi ? V{} + INFINITY : e;
+  e = x > hi ? V{} + INFINITY : e;
+  return x != x ? x : e;  // NaN stays NaN (the clamps above would hide it)
 }
 // Cephes logf on a pack (x > 0, finite): x = m 2^e with m in [sqrt(1/2), sqrt(2)), log(m) by a
 // degree-8 polynomial; ~1 ulp.
@@ -122,7 +123,7 @@ static inline __attribute__((always_inline)) Pack<float>::V softplus_pack(Pack<f
   const V t = exp_pack(x), v = t + 1.0f, w = v - 1.0f;
   V r = log_pack(v) * (t / w);
   r = w == 0.0f ? t : r;
-  return x > 20.0f ? x : r;
+  return (x > 20.0f) | (x != x) ? x : r;  // past the threshold, and NaN, pass through
 }
 
 // float64 (the tests' dtype): libm per lane, exact to rounding.
