@@ -7,7 +7,8 @@ per-thread scratch, so nothing of size (L, D, N) is saved or allocated. It is co
 torch.utils.cpp_extension (g++, -O3, AVX2+FMA when torch reports that CPU capability, never
 -march=native or AVX-512) into torch's extension cache ($TORCH_EXTENSIONS_DIR, default
 ~/.cache/torch_extensions); cpp_extension's file lock makes a first use from several processes at
-once safe (one builds, the others wait and load). Where it cannot be built or loaded (no
+once safe (one builds, the others wait and load; a build killed midway leaves a `lock` file in
+that directory, which must be deleted before the next try). Where it cannot be built or loaded (no
 compiler, say) one warning is logged and the chunked PyTorch scan `selective_scan_fast` runs.
 
 Dtypes: computes in float32 (float64 for float64 inputs, as the tests use) and returns `out` in
