@@ -154,13 +154,17 @@ def test_fused_in_bf16_autocast(kernel):
     torch.testing.assert_close(out_bf16.float(), ref_low, rtol=1e-2, atol=1e-2)
 
 
-def test_fused_falls_back_with_one_warning(monkeypatch, caplog):
+@pytest.mark.parametrize("failure", ["build_fails", "no_compiler"])
+def test_fused_falls_back_with_one_warning(monkeypatch, caplog, failure):
     """Where the kernel cannot be built, the chunked scan runs and one warning says so."""
 
-    def no_compiler(*args, **kwargs):
-        raise RuntimeError("Error building extension: c++: command not found")
+    def build_fails(*args, **kwargs):
+        raise RuntimeError("Error building extension 'x':\nfoo.cpp:1: error: no\nninja: stopped")
 
-    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+    if failure == "build_fails":
+        monkeypatch.setattr(torch.utils.cpp_extension, "load", build_fails)
+    else:
+        monkeypatch.setenv("CXX", "/nonexistent/c++")
     scan_cpu.load_kernel.cache_clear()
     try:
         ins = make_inputs(20, torch.float64)
@@ -173,6 +177,8 @@ def test_fused_falls_back_with_one_warning(monkeypatch, caplog):
     assert_matches(out, grads, fast_out, fast_grads, dict(rtol=0, atol=0))
     warnings = [r for r in caplog.records if r.name == scan_cpu.__name__]
     assert len(warnings) == 1 and "chunked PyTorch scan" in warnings[0].getMessage()
+    reason = "error: no" if failure == "build_fails" else "no C++ compiler"
+    assert reason in warnings[0].getMessage()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])

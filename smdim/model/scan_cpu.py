@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import shutil
 from pathlib import Path
 from types import ModuleType
 
@@ -52,13 +54,17 @@ def load_kernel() -> ModuleType | None:
     try:
         from torch.utils.cpp_extension import load
 
+        cxx = os.environ.get("CXX", "c++")  # what cpp_extension calls
+        if shutil.which(cxx) is None:  # say so plainly (torch would warn about it, then fail)
+            raise RuntimeError(f"no C++ compiler: {cxx!r} is not on PATH (install g++ or set CXX)")
         name, flags = _build_flags()
         return load(name=name, sources=[str(SOURCE)], extra_cflags=flags,
                     extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as exc:  # no compiler, no headers, a read-only cache, ...
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
+        reason = next((line for line in lines if "error:" in line or "not found" in line), lines[0])
         log.warning("fused CPU selective scan unavailable (%s: %s); using the chunked PyTorch scan",
-                    type(exc).__name__, first[:200])
+                    type(exc).__name__, reason[:300])
         return None
 
 
