@@ -1,14 +1,24 @@
-"""The fast chunked selective scan equals the sequential reference (outputs and gradients)."""
+"""The fast chunked scan and the fused C++ scan equal the sequential reference (outputs, gradients)."""
 
 from __future__ import annotations
 
+import logging
+import shutil
+
 import pytest
 import torch
+import torch.utils.cpp_extension
 
-from smdim.model.mamba import HAS_MAMBA_KERNELS, Mamba
+import smdim.model.mamba as mamba_module
+from smdim.model import scan_cpu
+from smdim.model.mamba import HAS_MAMBA_KERNELS, BiMamba, Mamba
 from smdim.model.scan import selective_scan_fast, selective_scan_ref
+from smdim.model.scan_cpu import selective_scan_cpu
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
+# The fused kernel keeps the whole recurrence in one dtype pass: relative 1e-5 in float32.
+TOL_FUSED = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-10, atol=1e-12)}
+GRAD_NAMES = "u delta A B C D z delta_bias".split()
 
 
 # Tiny tensors: one thread is faster, and much faster on a shared machine (no OMP barriers).
@@ -50,23 +60,158 @@ def test_fast_matches_reference(dtype, L, chunk):
         torch.testing.assert_close(g / scale, rg / scale, **TOL[dtype], msg=f"grad {name}")
 
 
-def test_optional_arguments_and_last_state():
+@pytest.fixture(scope="module")
+def kernel():
+    """The compiled fused kernel; skipped only on machines without a C++ compiler."""
+    module = scan_cpu.load_kernel()
+    if module is None:
+        if shutil.which("c++") or shutil.which("g++"):
+            pytest.fail("a C++ compiler is present but the fused scan kernel did not build")
+        pytest.skip("no C++ compiler: the fused scan falls back to the chunked scan")
+    return module
+
+
+def assert_matches(out, grads, ref_out, ref_grads, tol):
+    """Output and every gradient close, relative to each tensor's largest reference value."""
+    for name, g, rg in zip(["out", *GRAD_NAMES], [out, *grads], [ref_out, *ref_grads], strict=True):
+        scale = rg.abs().max().clamp(min=1.0)
+        torch.testing.assert_close(g / scale, rg / scale, **tol, msg=f"grad {name}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("L", [1, 2, 7, 33, 100, 257])
+@pytest.mark.parametrize("n", [4, 16, 20], ids=["n4", "n16", "n20"])  # padded to 8, exact, padded
+def test_fused_matches_reference(kernel, dtype, L, n):
+    ins = make_inputs(L, dtype, n=n)
+    ref_out, ref_grads = run(selective_scan_ref, ins)
+    out, grads = run(selective_scan_cpu, ins)
+    assert out.dtype == dtype
+    assert_matches(out, grads, ref_out, ref_grads, TOL_FUSED[dtype])
+
+
+def test_fused_splits_work_over_threads(kernel):
+    """Two threads and an odd batch: channels are split into groups whose dB, dC are summed."""
+    ins = make_inputs(50, torch.float64, batch=3, dim=10, n=16)
+    ref_out, ref_grads = run(selective_scan_ref, ins)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out, grads = run(selective_scan_cpu, ins)
+    finally:
+        torch.set_num_threads(threads)
+    assert_matches(out, grads, ref_out, ref_grads, TOL_FUSED[torch.float64])
+
+
+@pytest.mark.parametrize("fn", [selective_scan_fast, selective_scan_cpu], ids=["fast", "fused"])
+def test_optional_arguments_and_last_state(fn):
     """No D, no z, no bias, no softplus (the plain recurrence) and the final state."""
     u, delta, A, B, C, *_ = make_inputs(45, torch.float64)
-    delta = delta.detach().abs()
+    delta = delta.detach().abs().requires_grad_()
     ref, ref_last = selective_scan_ref(u, delta, A, B, C, return_last_state=True)
-    out, last = selective_scan_fast(u, delta, A, B, C, return_last_state=True, chunk=8)
+    out, last = fn(u, delta, A, B, C, return_last_state=True, chunk=8)
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(last, ref_last)
     assert last.shape == (2, 6, 4)
+    grads = torch.autograd.grad(out.square().sum(), (u, delta, A, B, C))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (u, delta, A, B, C))
+    for name, g, rg in zip(GRAD_NAMES, grads, ref_grads, strict=False):
+        torch.testing.assert_close(g, rg, msg=f"grad {name}")
 
 
-def test_long_sequence_strong_decay_is_finite():
+def test_fused_propagates_nan(kernel):
+    """A NaN in delta reaches that channel's outputs (the kernel's exp/softplus clamps keep it)."""
+    u, delta, A, B, C, D, z, bias = (t.detach() for t in make_inputs(30, torch.float32, n=16))
+    delta[0, 1, 10] = float("nan")
+    out = selective_scan_cpu(u, delta, A, B, C, D, z=z, delta_bias=bias, delta_softplus=True)
+    assert out[0, 1, 10:].isnan().all() and not out[0, 1, :10].isnan().any()
+    assert not out[1].isnan().any() and not out[0, 0].isnan().any()
+
+
+def test_fused_saves_no_state_sized_tensor(kernel):
+    """Backward recomputes the states: every saved tensor is far below (B, D, L, N)."""
+    batch, dim, L, n = 2, 32, 64, 16
+    ins = make_inputs(L, torch.float32, batch=batch, dim=dim, n=n)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        out, _ = run(selective_scan_cpu, ins)
+    assert saved and max(saved) <= batch * dim * L  # inputs only: (B, D, L), (B, L, N), (D, N)
+
+
+def test_fused_in_bf16_autocast(kernel):
+    """Inside CPU bf16 autocast the scan runs in float32 and returns u's dtype; grads flow."""
+    ins = make_inputs(40, torch.float32, n=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, grads = run(selective_scan_cpu, ins)  # float32 inputs stay float32
+        low = [t.detach().bfloat16().requires_grad_() for t in ins]
+        out_bf16, grads_bf16 = run(selective_scan_cpu, low)
+    ref_out, ref_grads = run(selective_scan_ref, ins)
+    assert out.dtype == torch.float32 and out_bf16.dtype == torch.bfloat16
+    assert_matches(out, grads, ref_out, ref_grads, TOL_FUSED[torch.float32])
+    assert all(g.dtype == torch.bfloat16 for g in grads_bf16)
+    ref_low = selective_scan_ref(*[t.detach().float() for t in low[:5]], low[5].detach().float(),
+                                 z=low[6].detach().float(), delta_bias=low[7].detach().float(),
+                                 delta_softplus=True)
+    torch.testing.assert_close(out_bf16.float(), ref_low, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("failure", ["build_fails", "no_compiler"])
+def test_fused_falls_back_with_one_warning(monkeypatch, caplog, failure):
+    """Where the kernel cannot be built, the chunked scan runs and one warning says so."""
+
+    def build_fails(*args, **kwargs):
+        raise RuntimeError("Error building extension 'x':\nfoo.cpp:1: error: no\nninja: stopped")
+
+    if failure == "build_fails":
+        monkeypatch.setattr(torch.utils.cpp_extension, "load", build_fails)
+    else:
+        monkeypatch.setenv("CXX", "/nonexistent/c++")
+    scan_cpu.load_kernel.cache_clear()
+    try:
+        ins = make_inputs(20, torch.float64)
+        with caplog.at_level(logging.WARNING, logger=scan_cpu.__name__):
+            out, grads = run(selective_scan_cpu, ins)
+            run(selective_scan_cpu, ins)
+    finally:
+        scan_cpu.load_kernel.cache_clear()  # the next caller loads the real kernel again
+    fast_out, fast_grads = run(selective_scan_fast, ins)
+    assert_matches(out, grads, fast_out, fast_grads, dict(rtol=0, atol=0))
+    warnings = [r for r in caplog.records if r.name == scan_cpu.__name__]
+    assert len(warnings) == 1 and "chunked PyTorch scan" in warnings[0].getMessage()
+    reason = "error: no" if failure == "build_fails" else "no C++ compiler"
+    assert reason in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_bimamba_fused_matches_reference(kernel, monkeypatch, dtype):
+    """Through the model: both directions (the backward one flips each row within its length)."""
+    torch.manual_seed(0)
+    layer = BiMamba(16, d_state=16, expand=2).to(dtype)
+    x = torch.randn(2, 37, 16, dtype=dtype, requires_grad=True)
+    lengths = torch.tensor([37, 23])
+
+    def forward_and_grads():
+        out = layer(x, lengths)
+        params = [x, *layer.parameters()]
+        return out, torch.autograd.grad(out.square().sum(), params)
+
+    out, grads = forward_and_grads()
+    monkeypatch.setattr(mamba_module, "selective_scan_cpu",
+                        lambda *a, chunk=None, **k: selective_scan_ref(*a, **k))
+    ref_out, ref_grads = forward_and_grads()
+    tol = TOL_FUSED[dtype]
+    names = ["out", "x", *(name for name, _ in layer.named_parameters())]
+    for name, g, rg in zip(names, [out, *grads], [ref_out, *ref_grads], strict=True):
+        scale = rg.abs().max().clamp(min=1.0)
+        torch.testing.assert_close(g / scale, rg / scale, **tol, msg=f"grad {name}")
+
+
+@pytest.mark.parametrize("fn", [selective_scan_fast, selective_scan_cpu], ids=["fast", "fused"])
+def test_long_sequence_strong_decay_is_finite(fn):
     """Cumulative decays far below float32's range must not overflow (segment products <= 1)."""
     ins = make_inputs(1500, torch.float32, batch=1, dim=3, n=2)
     with torch.no_grad():
         ins[1].add_(3.0)  # dt ~ 3, A down to -4: exp(-12) per step, exp(-18000) over the sequence
-    out, grads = run(selective_scan_fast, ins)
+    out, grads = run(fn, ins)
     ref_out, _ = run(selective_scan_ref, ins)
     assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4)

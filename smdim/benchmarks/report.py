@@ -108,7 +108,7 @@ def plot_time_memory(rows: dict[str, Any], path: Path) -> None:
 
 
 def plot_scan(scan: dict[str, Any], path: Path) -> None:
-    """Log-log fwd+bwd time of the fast and the reference scan vs length."""
+    """Log-log fwd+bwd time of the fused, the chunked and the reference scan vs length."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,7 +117,10 @@ def plot_scan(scan: dict[str, Any], path: Path) -> None:
     rows = sorted((int(k), v) for k, v in scan["lengths"].items())
     xs = [n for n, _ in rows]
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    ax.plot(xs, [v["fast_s"] for _, v in rows], marker="o", label="fast chunked scan")
+    fused = [(n, v["fused_s"]) for n, v in rows if "fused_s" in v]
+    if fused:
+        ax.plot(*zip(*fused, strict=True), marker="^", label=f"fused C++ kernel ({scan.get('fused_kernel', '?')})")
+    ax.plot(xs, [v["fast_s"] for _, v in rows], marker="o", label="chunked PyTorch scan (fallback)")
     meas = [(n, v["ref_s"]) for n, v in rows if v["ref_status"] == "measured"]
     extra = [(n, v["ref_s"]) for n, v in rows if v["ref_status"] != "measured"]
     if meas:
@@ -138,12 +141,19 @@ def scan_table(scan: dict[str, Any]) -> str:
     """Markdown table of the scan speed test."""
     lines = [
         f"Selective scan forward + backward, batch {scan['batch']}, d_inner {scan['d_inner']}, "
-        f"d_state {scan['d_state']}, float32, CPU.\n",
-        "| L | fast (s) | reference (s) | speed-up | reference |",
-        "|---|---|---|---|---|",
+        f"d_state {scan['d_state']}, float32, CPU, torch threads {scan.get('threads', '?')}. "
+        f"Fused: {scan.get('fused_kernel', '?')}; chunked: `selective_scan_fast`; reference: "
+        "`selective_scan_ref`. Times are the minimum of 3 interleaved runs.\n",
+        "| L | fused (s) | chunked (s) | fused vs chunked | reference (s) | fused vs reference "
+        "| chunked vs reference | reference | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for n, v in sorted(scan["lengths"].items(), key=lambda kv: int(kv[0])):
-        lines.append(f"| {n} | {v['fast_s']:.3f} | {v['ref_s']:.2f} | {v['speedup']:.0f}x | {v['ref_status']} |")
+        lines.append(
+            f"| {n} | {v['fused_s']:.4f} | {v['fast_s']:.3f} | {v['fused_vs_fast']:.1f}x | "
+            f"{v['ref_s']:.2f} | {v['fused_speedup']:.0f}x | {v['speedup']:.0f}x | {v['ref_status']} "
+            f"| {v['load_1m']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -26,7 +26,7 @@ class ModelConfig:
     dropout: float = 0.0  # dropout after attention, FFN and Mamba sublayers, in [0, 1)
     skip: bool = True  # add the token embedding to the upsampled features (keeps token identity)
     time_cond: bool = False  # add an embedding of t; off keeps the sampler's cache valid
-    scan_chunk: int = 32  # positions per chunk of the CPU chunked scan (speed only, same result)
+    scan_chunk: int = 32  # chunk of the fallback chunked scan (no C++ compiler, non-CPU); speed only
 
     def __post_init__(self) -> None:
         checks = [

@@ -1,4 +1,4 @@
-"""Mamba mixer with mamba_ssm's parameter names, running its CUDA kernels on GPU and our scan on CPU.
+"""Mamba mixer with mamba_ssm's parameter names: its CUDA kernels on GPU, our fused scan on CPU.
 
 `Mamba` state_dicts load unchanged into `mamba_ssm.modules.mamba_simple.Mamba` (and back):
 in_proj (2*d_inner, d_model), conv1d (d_inner, 1, d_conv) + bias, x_proj (dt_rank + 2*d_state,
@@ -14,7 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from smdim.model.scan import CHUNK, selective_scan_fast
+from smdim.model.scan import CHUNK
+from smdim.model.scan_cpu import selective_scan_cpu
 
 # One guard for the optional GPU kernels: mamba_ssm cannot even import without CUDA.
 try:
@@ -95,8 +96,8 @@ class Mamba(nn.Module):
         kwargs = dict(z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
         if on_gpu_kernels:
             y = selective_scan_fn(x.contiguous(), dt.contiguous(), A, B, C, self.D.float(), **kwargs)
-        else:
-            y = selective_scan_fast(x, dt, A, B, C, self.D.float(), chunk=self.chunk, **kwargs)
+        else:  # the fused C++ kernel; the chunked PyTorch scan where it is unavailable or off-CPU
+            y = selective_scan_cpu(x, dt, A, B, C, self.D.float(), chunk=self.chunk, **kwargs)
         return self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
 
 

@@ -195,7 +195,9 @@ def selective_scan_fast(
 def scan_flops(batch: int, d_inner: int, length: int, d_state: int) -> dict[str, int]:
     """Elementwise FLOPs of one fast scan, which FlopCounterMode does not see: fwd and bwd.
 
-    FlopCounterMode does count the scan's contractions (y, dC, dx, dB run as matmuls); this adds
+    The benchmark counts on the meta device, where Mamba runs this chunked scan (the fused CPU
+    kernel is one opaque op with the same work). FlopCounterMode does count the scan's contractions
+    (y, dC, dx, dB run as matmuls); this adds
     the per-(b, d, l, n) elementwise work: fwd delta*A, exp, x*B, a*h+b (2) = 5; bwd dy*C,
     recomputed decay (2), reverse scan (2), d log a (2), its two reductions (4) = 11.
     """

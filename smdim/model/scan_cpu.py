@@ -1,0 +1,139 @@
+"""Fused CPU selective scan: a C++ kernel (forward and backward) built on first use, with fallback.
+
+`selective_scan_cpu` takes `selective_scan_fast`'s arguments and returns the same values. The
+kernel (csrc/selective_scan_cpu.cpp) runs one pass over L per (batch, channel) with the N-wide
+state in registers, and its backward recomputes the states of one channel at a time into a
+per-thread scratch, so nothing of size (L, D, N) is saved or allocated. It is compiled with
+torch.utils.cpp_extension (g++, -O3, AVX2+FMA when torch reports that CPU capability, never
+-march=native or AVX-512) into torch's extension cache ($TORCH_EXTENSIONS_DIR, default
+~/.cache/torch_extensions); cpp_extension's file lock makes a first use from several processes at
+once safe (one builds, the others wait and load; a build killed midway leaves a `lock` file in
+that directory, which must be deleted before the next try). Where it cannot be built or loaded (no
+compiler, say) one warning is logged and the chunked PyTorch scan `selective_scan_fast` runs.
+
+Dtypes: computes in float32 (float64 for float64 inputs, as the tests use) and returns `out` in
+u's dtype, exactly as `selective_scan_fast` and `selective_scan_ref` do; inside a bf16 CPU autocast
+region the inputs are cast up, the scan runs in float32 and `out` comes back in u's dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from smdim.model.scan import CHUNK, selective_scan_fast
+
+log = logging.getLogger(__name__)
+
+MAX_STATE = 64  # d_state the kernel handles (mamba uses 16); larger ones take the fallback
+SOURCE = Path(__file__).parent / "csrc" / "selective_scan_cpu.cpp"
+
+
+def _build_flags() -> tuple[str, list[str]]:
+    """Extension name and compiler flags for this CPU: AVX2+FMA where torch uses them, else baseline."""
+    # -fopenmp: at::parallel_for's OpenMP loop lives in a header; the libgomp it links is the one
+    # torch already loaded (same soname), so torch.set_num_threads sizes the kernel's threads too.
+    # No -ffast-math: it folds the exp's rounding trick and the log1p correction (measured wrong).
+    flags = ["-O3", "-fopenmp"]
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        return "smdim_selective_scan_avx2", flags + ["-mavx2", "-mfma"]
+    return "smdim_selective_scan", flags
+
+
+@functools.lru_cache(maxsize=1)
+def load_kernel() -> ModuleType | None:
+    """The compiled kernel module, built on first call; None (after one warning) if that fails."""
+    try:
+        from torch.utils.cpp_extension import load
+
+        cxx = os.environ.get("CXX", "c++")  # what cpp_extension calls
+        if shutil.which(cxx) is None:  # say so plainly (torch would warn about it, then fail)
+            raise RuntimeError(f"no C++ compiler: {cxx!r} is not on PATH (install g++ or set CXX)")
+        name, flags = _build_flags()
+        return load(name=name, sources=[str(SOURCE)], extra_cflags=flags,
+                    extra_ldflags=["-fopenmp"], verbose=False)
+    except Exception as exc:  # no compiler, no headers, a read-only cache, ...
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
+        reason = next((line for line in lines if "error:" in line or "not found" in line), lines[0])
+        log.warning("fused CPU selective scan unavailable (%s: %s); using the chunked PyTorch scan",
+                    type(exc).__name__, reason[:300])
+        return None
+
+
+def kernel_name() -> str:
+    """What `selective_scan_cpu` runs here: the kernel's build name, or the fallback."""
+    kernel = load_kernel()
+    return "fallback: chunked PyTorch scan" if kernel is None else kernel.__name__
+
+
+class _FusedScan(torch.autograd.Function):
+    """The kernel as an autograd op; saves only its inputs (B, C time-major) for backward."""
+
+    @staticmethod
+    def forward(ctx, kernel, u, delta, A, Bt, Ct, D, z, delta_bias, softplus):  # noqa: D102
+        out, last = kernel.fwd(u, delta, A, Bt, Ct, D, z, delta_bias, softplus)
+        ctx.kernel, ctx.softplus = kernel, softplus
+        ctx.save_for_backward(u, delta, A, Bt, Ct, D, z, delta_bias)
+        ctx.mark_non_differentiable(last)
+        return out, last
+
+    @staticmethod
+    def backward(ctx, dout, _dlast):  # noqa: D102
+        u, delta, A, Bt, Ct, D, z, delta_bias = ctx.saved_tensors
+        du, ddelta, dA, dBt, dCt, dD, dz, dbias = ctx.kernel.bwd(
+            u, delta, A, Bt, Ct, D, z, delta_bias, ctx.softplus, dout.contiguous()
+        )
+        return None, du, ddelta, dA, dBt, dCt, dD, dz, dbias, None
+
+
+def selective_scan_cpu(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    chunk: int = CHUNK,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Fused CPU scan, same signature and shapes as `selective_scan_ref` / `selective_scan_fast`.
+
+    u: (B, D, L); delta: (B, D, L); A: (D, N); B: (B, N, L); C: (B, N, L); D: (D,); z: (B, D, L);
+    delta_bias: (D,). Returns out (B, D, L) [and last_state (B, D, N)]. `chunk` is only used by
+    the fallback (`selective_scan_fast`, when the kernel is unavailable or inputs are not on CPU).
+    """
+    n = A.shape[1]
+    kernel = load_kernel() if u.device.type == "cpu" and n <= MAX_STATE else None
+    if kernel is None:
+        return selective_scan_fast(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                   return_last_state, chunk)
+    dtype_in = u.dtype
+    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+
+    pad = -n % 8  # the kernel works on packs of 8 states; padded ones (A = B = C = 0) stay 0
+
+    def prep(t: Tensor | None, pad_last: int = 0) -> Tensor | None:
+        if t is None:
+            return None
+        t = t.to(compute)
+        return (F.pad(t, (0, pad_last)) if pad_last else t).contiguous()
+
+    with torch.autocast("cpu", enabled=False):
+        out, last = _FusedScan.apply(
+            kernel, prep(u), prep(delta), prep(A, pad),
+            prep(B.transpose(1, 2), pad), prep(C.transpose(1, 2), pad),  # (B, L, N): time-major
+            prep(D), prep(z), prep(delta_bias), bool(delta_softplus),
+        )
+    out, last = out.to(dtype_in), last[..., :n]
+    return (out, last) if return_last_state else out
