@@ -60,18 +60,18 @@ def experiment_metrics(project: Path, name: str) -> dict[str, Any]:
 
 
 def row(block: str, name: str, m: dict[str, Any]) -> dict[str, Any]:
-    """One table row: OA average (with its 95% CI when the evaluation gives one), loss, speed."""
+    """One table row: the OA headline (average OA x usable rate) with its 95% CI, loss, speed."""
     ev, tr, sa = (m[p] for p in METRICS)
     train = m["params.yaml"].get("train", {})
     tok_s = tr.get("tokens_per_s")
     # Training time at the logged throughput (the last log interval's; eval and saves excluded).
     train_s = train["steps"] * train["batch_size"] * train["seq_len"] / tok_s if tok_s and train else None
-    oa = ev.get("oa", {})
-    ci = ev.get("oa_ci", {}).get("average") if isinstance(ev.get("oa_ci"), dict) else None
+    ci = ev.get("headline_ci") or {}  # {"lo", "hi"}: bootstrap 95% interval of the headline
     return {
         "block": block, "experiment": name,
-        "oa_average": oa.get("headline", oa.get("average")),
-        "oa_ci": ci,
+        "headline": ev.get("headline"),
+        "headline_ci": [ci["lo"], ci["hi"]] if ci else None,
+        "usable_rate": ev.get("usable_rate"),
         "val_loss": tr.get("val_loss"), "tokens_per_s": tr.get("tokens_per_s"),
         "train_s": train_s,
         "token_error_rate": sa.get("token_error_rate"),
@@ -85,11 +85,11 @@ def markdown(rows: list[dict[str, Any]], overrides: dict[str, Any]) -> str:
 
     lines = ["# Block ablation", "",
              "Overrides: " + (", ".join(f"`{k}={v}`" for k, v in overrides.items()) or "none"), "",
-             "| block | experiment | OA average | 95% CI | val loss | tokens/s | train s | token errors |",
+             "| block | experiment | OA headline | 95% CI | val loss | tokens/s | train s | token errors |",
              "|---|---|---:|---|---:|---:|---:|---:|"]
     for r in rows:
-        ci = "n/a" if not r["oa_ci"] else f"[{r['oa_ci'][0]:.3f}, {r['oa_ci'][1]:.3f}]"
-        lines.append(f"| {r['block']} | {r['experiment']} | {fmt(r['oa_average'], '.3f')} | {ci} | "
+        ci = "n/a" if not r["headline_ci"] else f"[{r['headline_ci'][0]:.3f}, {r['headline_ci'][1]:.3f}]"
+        lines.append(f"| {r['block']} | {r['experiment']} | {fmt(r['headline'], '.3f')} | {ci} | "
                      f"{fmt(r['val_loss'], '.3f')} | {fmt(r['tokens_per_s'], '.0f')} | "
                      f"{fmt(r['train_s'], '.0f')} | {fmt(r['token_error_rate'], '.3f')} |")
     return "\n".join(lines) + "\n"
@@ -99,11 +99,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """OA average (with CI bars) and validation loss per block."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     xs = range(len(rows))
-    oa = [r["oa_average"] or 0.0 for r in rows]
-    err = [[max(o - r["oa_ci"][0], 0) if r["oa_ci"] else 0 for o, r in zip(oa, rows, strict=True)],
-           [max(r["oa_ci"][1] - o, 0) if r["oa_ci"] else 0 for o, r in zip(oa, rows, strict=True)]]
+    oa = [r["headline"] or 0.0 for r in rows]
+    ci = [r["headline_ci"] or [o, o] for o, r in zip(oa, rows, strict=True)]
+    err = [[max(o - c[0], 0) for o, c in zip(oa, ci, strict=True)],
+           [max(c[1] - o, 0) for o, c in zip(oa, ci, strict=True)]]
     ax1.bar(xs, oa, yerr=err, capsize=4, color="tab:blue")
-    ax1.set_ylabel("OA average (95% CI)")
+    ax1.set_ylabel("OA headline (95% CI)")
     ax2.bar(xs, [r["val_loss"] or 0.0 for r in rows], color="tab:orange")
     ax2.set_ylabel("validation loss")
     for ax in (ax1, ax2):

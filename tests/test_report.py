@@ -16,8 +16,8 @@ from conftest import deep_merge, run
 
 from flows.report import workspace_report
 from smdim.config import load_params
+from smdim.data.manifest import midi_files
 from smdim.data.shards import write_shards
-from smdim.metrics.pieces import midi_files
 from smdim.report.browser import check_page, find_browser, problems
 from smdim.report.experiments import exp_show, experiments_table
 from smdim.report.run import changed_params

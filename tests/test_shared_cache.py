@@ -47,7 +47,8 @@ def test_block_ablation_is_one_command(make_project, shared_data):
     assert "| mamba | t-mamba |" in table and "| transformer | t-transformer |" in table, p.stdout
     rows = json.loads((proj / "results/ablations/table.json").read_text())["rows"]
     assert [r["block"] for r in rows] == ["mamba", "transformer"]
-    assert all(0 <= r["oa_average"] <= 1 and r["val_loss"] > 0 and r["train_s"] > 0 for r in rows)
+    assert all(0 <= r["headline"] <= 1 and r["val_loss"] > 0 and r["train_s"] > 0 for r in rows)
+    assert all(r["headline_ci"][0] <= r["headline"] <= r["headline_ci"][1] for r in rows)
     assert rows[0]["val_loss"] != rows[1]["val_loss"]  # two different models were trained
     assert (proj / "results/ablations/table.png").read_bytes()[:4] == b"\x89PNG"
     shown = json.loads(run([DVC, "exp", "show", "--json"], proj).stdout)
