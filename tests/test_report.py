@@ -54,13 +54,31 @@ def test_tables_follow_the_json_keys():
         "usable_rate": 0.75, "usable_rate_ci_low": 0.5, "usable_rate_ci_high": 0.9, "per_piece": [1, 2],
     }
     by_name = {t.name: t for t in tables(metrics)}
-    assert list(by_name)[0] == "oa" and list(by_name)[-1] == "summary"
+    assert list(by_name)[:2] == ["summary", "oa"]  # the headline scalars, then the OA table
     assert by_name["oa"].columns == ["generated vs test", "ceiling: train vs test"]  # the ceiling merged in
     assert by_name["oa"].rows[0] == ("average", [Cell(0.6), Cell(0.9)])
     assert by_name["oa_vs_length"].rows == [("128", [Cell(0.7), Cell(0.95)])]
     assert by_name["muspy"].columns == ["generated", "test"]
     assert by_name["muspy"].rows == [("pitch_entropy", [Cell(2.5), Cell(2.7)])]
     assert by_name["summary"].rows == [("usable_rate", [Cell(0.75, 0.5, 0.9)])]  # lists are left out
+
+
+def test_tables_read_the_evaluations_layout():
+    """evaluate's metrics.json: oa_ci {attr: {lo, hi}}, in_average beside oa, muspy mean ± sd."""
+    metrics = {
+        "headline": 0.6, "headline_ci": {"lo": 0.58, "hi": 0.61},
+        "oa": {"average": 0.6, "velocity": 1.0}, "oa_ci": {"average": {"lo": 0.5, "hi": 0.7}},
+        "in_average": {"velocity": False}, "oa_ceiling": {"average": 0.9, "velocity": 1.0},
+        "muspy": {"generated": {"polyphony": {"mean": 3.0, "sd": 1.0, "n": 150}},
+                  "test": {"polyphony": {"mean": 1.5, "sd": 0.5, "n": 81}}, "gap": {"polyphony": 1.5}},
+    }
+    by_name = {t.name: t for t in tables(metrics)}
+    assert by_name["summary"].rows == [("headline", [Cell(0.6, 0.58, 0.61)])]
+    assert by_name["oa"].columns == ["generated vs test", "in the average", "ceiling: train vs test"]
+    assert by_name["oa"].rows == [("average", [Cell(0.6, 0.5, 0.7), None, Cell(0.9)]),
+                                  ("velocity", [Cell(1.0), Cell(False), Cell(1.0)])]
+    assert by_name["muspy"].columns == ["generated", "test", "gap"]
+    assert by_name["muspy"].rows == [("polyphony", [Cell("3.000 ± 1.000"), Cell("1.500 ± 0.500"), Cell(1.5)])]
 
 
 def test_changed_params_compare_with_the_dataclass_defaults():

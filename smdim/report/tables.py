@@ -28,6 +28,7 @@ LABELS = {
     "oa_ceiling": "ceiling: train vs test",
     "oa_vs_length": "generated vs test",
     "oa_ceiling_vs_length": "ceiling: train vs test",
+    "in_average": "in the average",
 }
 TITLES = {
     "oa": "Overlapping area (OA) per attribute: higher = closer to the test set; the ceiling is real music",
@@ -76,6 +77,9 @@ def _bound(path: Path_) -> tuple[Path_, int] | None:
     for i, seg in enumerate(path):
         if seg.lower() == "ci" and i + 1 < len(path) and path[i + 1].lower() in _SIDE:
             return (*path[:i], *path[i + 2:]), _SIDE[path[i + 1].lower()]
+        m = _CI_LIST.match(seg)  # {oa_ci: {average: {lo: .., hi: ..}}} -> oa.average
+        if m and m["base"] and i < len(path) - 1 and path[-1].lower() in _SIDE:
+            return (*path[:i], m["base"], *path[i + 1:-1]), _SIDE[path[-1].lower()]
         m = _BOUND.match(seg)
         if m:
             base = [m["base"]] if m["base"] else []
@@ -97,6 +101,16 @@ def cells(metrics: Mapping[str, Any]) -> dict[Path_, Cell]:
     for path in list(values):
         if path[-1] in VALUE_KEYS and path[:-1] in bounds and path[:-1] not in values:
             values[path[:-1]] = values.pop(path)
+    # {generated: {metric: {mean: .., sd: .., n: ..}}}: one "mean ± sd" cell per metric.
+    folded: dict[Path_, Any] = {}
+    for path, v in values.items():
+        stats = path[:-1]
+        if path[-1] == "mean":
+            sd = values.get((*stats, "sd"))
+            folded[stats] = f"{fmt(v)} ± {fmt(sd)}" if isinstance(sd, (int, float)) else v
+        elif not (path[-1] in ("sd", "n") and (*stats, "mean") in values):
+            folded[path] = v
+    values = folded
     out = {p: Cell(v, *bounds.get(p, (None, None))) for p, v in values.items()}
     for p, (lo, hi) in bounds.items():  # bounds without a value still show
         out.setdefault(p, Cell(None, lo, hi))
@@ -107,7 +121,7 @@ def tables(metrics: Mapping[str, Any]) -> list[Table]:
     """One table per top-level mapping (same-row mappings merged as columns), scalars in `summary`."""
     found = cells(metrics)
     groups: dict[str, dict[Path_, Cell]] = {}
-    summary = Table("summary", "Summary", ["value"])
+    summary = Table("summary", "Headline (average OA x usable rate) and counts", ["value"])
     for path, cell in found.items():
         if len(path) == 1:
             summary.rows.append((path[0], [cell]))
@@ -127,17 +141,22 @@ def tables(metrics: Mapping[str, Any]) -> list[Table]:
         else:
             result.append(Table(name, TITLES.get(name, name), ["value"],
                                 [(".".join(p), [c]) for p, c in sub.items()]))
+    # A mapping over some of another's rows joins it as a column (e.g. in_average beside oa).
+    for key in sorted(singles, key=len):
+        bigger = [k for k in singles if k != key and key < k]
+        if bigger:
+            singles[bigger[0]] += singles.pop(key)
     for members in singles.values():
         # The shortest key names the table and comes first: oa, then oa_ceiling.
         members.sort(key=lambda m: (len(m[0]), m[0]))
         name, first = members[0]
-        rows = [p[0] for p in first]
+        rows = list(dict.fromkeys(p[0] for _, sub in members for p in sub))
         result.append(Table(name, TITLES.get(name, name), [LABELS.get(n, n) for n, _ in members],
                             [(r, [sub.get((r,)) for _, sub in members]) for r in rows]))
     # Known tables first in TITLES order (the OA table is the headline), the scalars last.
     order = list(TITLES)
     result.sort(key=lambda t: order.index(t.name) if t.name in order else len(order))
-    return result + ([summary] if summary.rows else [])
+    return ([summary] if summary.rows else []) + result  # the headline is a scalar: first
 
 
 def fmt(v: Any) -> str:
