@@ -12,7 +12,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export MUSIC21_SCRATCH ?= /tmp/music21
 
 .PHONY: install repro test lint clean-venv prefect-up prefect-down prefect-run pull-repro ablations \
-	prefect-deploy prefect-worker
+	prefect-deploy prefect-worker prefect-server
 
 install: $(VENV)/.installed
 
@@ -54,7 +54,8 @@ clean-venv:
 PREFECT_PORT ?= 4200
 PREFECT_URL := http://127.0.0.1:$(PREFECT_PORT)/api
 
-prefect-up: install
+# The server alone (for work-pool deployments and workers); prefect-up adds `serve`.
+prefect-server: install
 	@mkdir -p $(PREFECT_HOME)
 	@if [ -f $(PREFECT_HOME)/server.pid ] && kill -0 $$(cat $(PREFECT_HOME)/server.pid) 2>/dev/null; then \
 	  echo "prefect server already running (PID $$(cat $(PREFECT_HOME)/server.pid))"; \
@@ -67,6 +68,9 @@ prefect-up: install
 	  if [ $$i = 120 ]; then echo "prefect server not healthy after 120 s: see $(PREFECT_HOME)/server.log"; exit 1; fi; \
 	  sleep 1; \
 	done
+	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  (log: $(PREFECT_HOME)/server.log)"
+
+prefect-up: prefect-server
 	@if [ -f $(PREFECT_HOME)/serve.pid ] && kill -0 $$(cat $(PREFECT_HOME)/serve.pid) 2>/dev/null; then \
 	  echo "deployment smdim/full already served (PID $$(cat $(PREFECT_HOME)/serve.pid))"; \
 	else \
