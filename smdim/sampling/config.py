@@ -21,7 +21,7 @@ class SampleConfig:
     n: int = 150  # pieces in the main set (pieces/NNN.mid + .png); 150: OA average 95% CI ~ +-0.016
     n_tokens: int = 256  # tokens generated per main-set piece
     bars: int | None = None  # then keep only the first `bars` bars of each piece (null = keep all)
-    method: SamplerMethod = "cached"  # reverse process, see smdim/sampling
+    method: SamplerMethod = "confidence"  # reverse process, see smdim/sampling
     steps: int = 32  # denoising steps S per piece (any S >= 1; the training T is the upper useful limit)
     temperature: float = 1.0  # softmax temperature of the token draws (0 = greedy)
     unmask_schedule: UnmaskSchedule = "cosine"  # confidence method: masked share per step
