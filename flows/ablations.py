@@ -149,7 +149,6 @@ def main(argv: list[str] | None = None) -> None:
     rows = [row(b, n, experiment_metrics(project, n)) for b, n in names.items()]
     out = args.out if args.out.is_absolute() else project / args.out
     write_text(out / "table.md", markdown(rows, overrides))
-    (out / "table.json").parent.mkdir(parents=True, exist_ok=True)
     write_text(out / "table.json", json.dumps({"overrides": overrides, "rows": rows}, indent=2) + "\n")
     plot(rows, out / "table.png")
     log.info("%d experiments in %.0f s -> %s", len(rows), time.perf_counter() - t0, out / "table.md")

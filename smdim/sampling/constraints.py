@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from smdim.errors import SmdimError
-from smdim.sampling.grammar import Grammar, remi_grammar
+from smdim.sampling.grammar import Grammar, nearest_known, remi_grammar
 from smdim.sampling.scales import pitch_classes
 
 SPECIAL_PREFIXES = ("PAD_", "BOS_", "EOS_", "MASK_", "SEP_")
@@ -56,15 +56,10 @@ class Constraints:
     def position_order(self, x: Tensor, known: Tensor) -> Tensor:
         """(B, L, V) bool: Position tokens a slot may not take, because the nearest known Position
         on its left (in the same bar) is not earlier or the one on its right is not later."""
-        B, L = x.shape
+        L = x.shape[1]
         pos_val = self.position_of[x].masked_fill(~known, -1)  # (B, L)
-        boundary = known & self.is_boundary[x]  # Bar or Position
-        idx = torch.arange(L, device=x.device).expand(B, L)
-        left = torch.where(boundary, idx, -1).cummax(1).values
-        left = torch.cat([torch.full((B, 1), -1, device=x.device), left[:, :-1]], 1)
+        left, right = nearest_known(known & self.is_boundary[x])  # nearest known Bar or Position
         left_val = torch.where(left >= 0, pos_val.gather(1, left.clamp(min=0)), -1)  # Bar/start: -1
-        right = torch.where(boundary, idx, L).flip(1).cummin(1).values.flip(1)
-        right = torch.cat([right[:, 1:], torch.full((B, 1), L, device=x.device)], 1)
         right_val = torch.where(right < L, pos_val.gather(1, right.clamp(max=L - 1)), -1)
         right_val = right_val.masked_fill(right_val < 0, torch.iinfo(torch.long).max)  # Bar/end: none
         v = self.position_of  # (V,)

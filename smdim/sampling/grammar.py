@@ -54,9 +54,7 @@ class Grammar:
         T = self.reach.shape[1]
         types = self.type_of[x]  # (B, L), -1 = wildcard
         pos = torch.arange(L, device=x.device).expand(B, L)
-        # Nearest known token on the left (the virtual start at index -1) and on the right.
-        left_idx = _shift_right(torch.where(known, pos, -1).cummax(1).values, -1)
-        right_idx = _shift_left(torch.where(known, pos, L).flip(1).cummin(1).values.flip(1), L)
+        left_idx, right_idx = nearest_known(known)  # the virtual start is index -1
         left_t = torch.where(left_idx >= 0, types.gather(1, left_idx.clamp(min=0)), self.start)
         ok = self.reach[self._steps(pos - left_idx), left_t.clamp(min=0)]  # (B, L, T)
         ok |= (left_t < 0)[..., None]  # a wildcard on the left constrains nothing
@@ -96,14 +94,15 @@ class Grammar:
         return torch.from_numpy(bad).to(x.device)
 
 
-def _shift_right(t: Tensor, fill: int) -> Tensor:
-    """(B, L) -> (B, L) with t[:, i-1] at i and `fill` at 0: "nearest before i", excluding i."""
-    return torch.cat([torch.full_like(t[:, :1], fill), t[:, :-1]], 1)
-
-
-def _shift_left(t: Tensor, fill: int) -> Tensor:
-    """(B, L) -> (B, L) with t[:, i+1] at i and `fill` at the end."""
-    return torch.cat([t[:, 1:], torch.full_like(t[:, :1], fill)], 1)
+def nearest_known(known: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, L) bool -> indices (B, L) of the nearest True strictly left of each slot (-1 if none)
+    and strictly right of it (L if none)."""
+    B, L = known.shape
+    pos = torch.arange(L, device=known.device).expand(B, L)
+    left = torch.where(known, pos, -1).cummax(1).values  # includes the slot itself: shift by one
+    right = torch.where(known, pos, L).flip(1).cummin(1).values.flip(1)
+    return (torch.cat([torch.full_like(left[:, :1], -1), left[:, :-1]], 1),
+            torch.cat([right[:, 1:], torch.full_like(right[:, :1], L)], 1))
 
 
 def remi_grammar(vocab: Mapping[str, int], max_steps: int = 64) -> Grammar | None:

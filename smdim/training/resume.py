@@ -72,15 +72,3 @@ def first_difference(saved: Any, current: Any, where: str = "") -> str | None:
                 return diff
         return None
     return None if saved == current else f"{where}: {saved} -> {current}"
-
-
-def remove_stale_temps(directory: str | Path) -> int:
-    """Delete temp files left by a killed atomic write (`.<name>.*.tmp`); return how many."""
-    n = 0
-    directory = Path(directory)
-    if directory.is_dir():
-        for p in directory.rglob(".*.tmp"):
-            if p.is_file():
-                p.unlink()
-                n += 1
-    return n

@@ -21,6 +21,7 @@ from smdim.config import to_dict
 from smdim.diffusion.config import DiffusionConfig
 from smdim.diffusion.schedule import Schedule, make_schedule
 from smdim.errors import SmdimError
+from smdim.io import clear_stale_temps
 from smdim.model.config import ModelConfig
 from smdim.model.denoiser import Denoiser
 from smdim.runtime import BaseConfig, seed_everything
@@ -35,7 +36,6 @@ from smdim.training.resume import (
     first_difference,
     load_state,
     normalise,
-    remove_stale_temps,
     set_rng_state,
 )
 
@@ -148,7 +148,8 @@ def clear_outputs(paths: TrainPaths, state: dict[str, Any] | None, info: DistInf
     """Remove temp files of killed saves, and the old outputs when starting fresh (rank 0)."""
     barrier(info)  # every rank has read last.pt before rank 0 may replace or delete it
     if info.is_main:
-        remove_stale_temps(paths.models)
+        for p in (paths.last, paths.model):  # smdim.io's temp siblings whose writer is gone
+            clear_stale_temps(p)
         if state is None:
             for p in (paths.last, paths.model):
                 p.unlink(missing_ok=True)
