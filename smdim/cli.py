@@ -1,4 +1,8 @@
-"""`smdim` command line: generate a piece, or infill bars of a MIDI file, from a checkpoint."""
+"""`smdim` command line: generate a piece (or continue a prompt), or infill bars of a MIDI file.
+
+The same flags work for diffusion and autoregressive checkpoints; --method and --steps only
+apply to diffusion. An autoregressive model infills from the left context only.
+"""
 
 from __future__ import annotations
 
@@ -53,6 +57,9 @@ def parser() -> argparse.ArgumentParser:
     _sampling_args(g)
     g.add_argument("--tokens", type=int, default=DEFAULTS.n_tokens, help="tokens to generate (default: %(default)s)")
     g.add_argument("--bars", type=int, help="keep the first BARS bars of the generated tokens")
+    g.add_argument("--prompt", type=Path, metavar="MIDI", help="continue this MIDI file (its first --prompt-bars bars)")
+    g.add_argument("--prompt-bars", type=int, default=4, metavar="K",
+                   help="bars of --prompt kept as the fixed opening (default: %(default)s)")
     i = sub.add_parser("infill", help="regenerate bars of an existing MIDI file, keeping the rest")
     _sampling_args(i)
     i.add_argument("--midi", required=True, type=Path, help="input MIDI file")
@@ -71,8 +78,9 @@ def generate(args: argparse.Namespace) -> None:
     if args.tokens < 1 or (args.bars is not None and args.bars < 1):
         raise SmdimError("--tokens and --bars must be >= 1")
     c = load_composer(args.checkpoint, _device(args.device))
+    fixed = _prompt_fixed(c, args) if args.prompt else None
     g = torch.Generator(device=c.device).manual_seed(args.seed)
-    [piece] = c.generate(1, args.tokens, generator=g, **_sampler_kw(args, c))
+    [piece] = c.generate(1, args.tokens, generator=g, fixed=fixed, **_sampler_kw(args, c))
     ids = piece.ids
     if args.bars:
         ids = keep_bars(ids, c.bar_ids, args.bars)
@@ -82,21 +90,46 @@ def generate(args: argparse.Namespace) -> None:
     _write(c, ids, args)
 
 
+def _prompt_fixed(composer, args: argparse.Namespace):
+    """The first --prompt-bars bars of --prompt (+ a Bar) as the fixed opening of the --tokens."""
+    from smdim.sampling.composer import keep_bars
+    from smdim.sampling.conditioning import prefix_fixed
+
+    if args.prompt_bars < 1:
+        raise SmdimError("--prompt-bars must be >= 1")
+    # The next Bar token closes the last prompt bar: the continuation starts a new bar instead of
+    # adding notes to it.
+    prefix = keep_bars(_encode(composer, args.prompt), composer.bar_ids, args.prompt_bars)
+    prefix.append(composer.tokenizer["Bar_None"])
+    if len(prefix) >= args.tokens:
+        raise SmdimError(f"{args.prompt}: its first {args.prompt_bars} bars are {len(prefix)} tokens, not "
+                         f"fewer than --tokens {args.tokens}; raise --tokens or lower --prompt-bars")
+    return prefix_fixed(prefix, args.tokens)[0]
+
+
+def _encode(composer, path: Path) -> list[int]:
+    """Token ids of a MIDI file under the checkpoint's tokenizer (one-line error when unreadable)."""
+    from smdim.tokenization.encode import encode_file
+
+    if not path.is_file():
+        raise SmdimError(f"{path}: MIDI file not found")
+    try:
+        return encode_file(composer.tokenizer, path)
+    except Exception as e:  # symusic/miditok raise assorted errors on broken files
+        raise SmdimError(f"{path}: cannot read MIDI ({type(e).__name__}: {e})") from None
+
+
 def infill(args: argparse.Namespace) -> None:
     """`smdim infill`: regenerate bars FIRST-LAST of --midi with everything else fixed."""
     import torch
 
     from smdim.sampling.composer import load_composer
     from smdim.sampling.conditioning import bar_infill_fixed
-    from smdim.tokenization.encode import encode_file
 
     if not args.midi.is_file():
         raise SmdimError(f"{args.midi}: MIDI file not found")
     c = load_composer(args.checkpoint, _device(args.device))
-    try:
-        tokens = encode_file(c.tokenizer, args.midi)
-    except Exception as e:  # symusic/miditok raise assorted errors on broken files
-        raise SmdimError(f"{args.midi}: cannot read MIDI ({type(e).__name__}: {e})") from None
+    tokens = _encode(c, args.midi)
     first, last = args.bars
     fixed, (start, end) = bar_infill_fixed(tokens, c.bar_ids, first, last)
     # Feed a window of at most --context tokens around the span (the span itself always fits).

@@ -92,3 +92,32 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tokens_dir(shared_data, tmp_path_factory) -> Path:
+    """data/tokens for 24 POP909 songs: the project's REMI tokenizer.json and one contract shard."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from smdim.tokenization.config import TokenizeConfig
+    from smdim.tokenization.encode import encode_file
+    from smdim.tokenization.tokenizer import build_tokenizer
+
+    out = tmp_path_factory.mktemp("tokens")
+    tok = build_tokenizer(TokenizeConfig())
+    tok.save(out / "tokenizer.json")
+    rows = []
+    for i, path in enumerate(sorted((shared_data / "pop909").glob("*.mid"))[:24]):
+        rows.append((path.stem, "valid" if i % 6 == 0 else "train", encode_file(tok, path)))
+    table = pa.table({
+        "dataset": pa.array(["pop909"] * len(rows), pa.string()),
+        "piece_id": pa.array([r[0] for r in rows], pa.string()),
+        "split": pa.array([r[1] for r in rows], pa.string()),
+        "source_sha256": pa.array(["0" * 64] * len(rows), pa.string()),
+        "n_tokens": pa.array([len(r[2]) for r in rows], pa.int32()),
+        "n_bars": pa.array([r[2].count(tok["Bar_None"]) for r in rows], pa.int32()),
+        "tokens": pa.array([r[2] for r in rows], pa.list_(pa.int32())),
+    })
+    pq.write_table(table, out / "shard-00000.parquet", compression="zstd")
+    return out

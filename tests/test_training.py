@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import run, tool_env
@@ -92,33 +90,6 @@ def test_ema_tracks_weights_and_roundtrips_weights_only(tmp_path):
     with ema.applied(model):
         assert torch.equal(model.weight, ema.shadow["weight"])
     assert torch.equal(model.weight, w)
-
-
-# ---------------------------------------------------------------- real tokens for training runs
-@pytest.fixture(scope="session")
-def tokens_dir(shared_data, tmp_path_factory) -> Path:
-    """data/tokens for 24 POP909 songs: a real REMI tokenizer.json and one contract shard."""
-    import miditok
-
-    out = tmp_path_factory.mktemp("tokens")
-    tok = miditok.REMI(miditok.TokenizerConfig(special_tokens=["PAD", "BOS", "EOS", "MASK"]))
-    tok.save(out / "tokenizer.json")
-    rows = []
-    for i, path in enumerate(sorted((shared_data / "pop909").glob("*.mid"))[:24]):
-        seqs = tok.encode(path)
-        ids = [int(v) for v in (seqs[0] if isinstance(seqs, list) else seqs).ids]
-        rows.append((path.stem, "valid" if i % 6 == 0 else "train", ids))
-    table = pa.table({
-        "dataset": pa.array(["pop909"] * len(rows), pa.string()),
-        "piece_id": pa.array([r[0] for r in rows], pa.string()),
-        "split": pa.array([r[1] for r in rows], pa.string()),
-        "source_sha256": pa.array(["0" * 64] * len(rows), pa.string()),
-        "n_tokens": pa.array([len(r[2]) for r in rows], pa.int32()),
-        "n_bars": pa.array([r[2].count(tok["Bar_None"]) for r in rows], pa.int32()),
-        "tokens": pa.array([r[2] for r in rows], pa.list_(pa.int32())),
-    })
-    pq.write_table(table, out / "shard-00000.parquet", compression="zstd")
-    return out
 
 
 def project(make_project, tokens_dir: Path, name: str, overrides: dict | None = None) -> Path:

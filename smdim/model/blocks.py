@@ -7,7 +7,9 @@
     mamba        Mamba -> FFN                       (no attention)
     transformer  Attention -> FFN                   (SCHmUBERT-like baseline, no Mamba)
 
-"Mamba" stands for `mamba_layers` consecutive Mamba sublayers.
+"Mamba" stands for `mamba_layers` consecutive Mamba sublayers. An autoregressive model
+(`cfg.causal`) uses causal attention and one-directional Mamba, and can run one position at a
+time (`step`) with a recurrent state per sublayer.
 """
 
 from __future__ import annotations
@@ -51,11 +53,11 @@ class Sublayer(nn.Module):
         self.kind = kind
         self.norm = nn.LayerNorm(cfg.d_model)
         if kind == "a":
-            self.layer = SelfAttention(cfg.d_model, cfg.n_heads, cfg.dropout)
+            self.layer = SelfAttention(cfg.d_model, cfg.n_heads, cfg.dropout, causal=cfg.causal)
         elif kind == "f":
             self.layer = FeedForward(cfg.d_model, cfg.ffn_mult)
         else:
-            mamba_cls = BiMamba if cfg.bidirectional else Mamba
+            mamba_cls = BiMamba if cfg.bidirectional and not cfg.causal else Mamba
             self.layer = mamba_cls(
                 cfg.d_model, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand,
                 chunk=cfg.scan_chunk,
@@ -73,6 +75,12 @@ class Sublayer(nn.Module):
             h = self.layer(h)
         return x + self.drop(h)
 
+    def step(self, x: Tensor, state: dict) -> Tensor:
+        """One new position of a causal sublayer: (B, D) -> (B, D); `state` is its own, in place."""
+        h = self.norm(x)
+        h = self.layer(h) if self.kind == "f" else self.layer.step(h, state)
+        return x + h
+
 
 class Block(nn.Module):
     """One block: the sublayers of `cfg.block` in order; padded positions zeroed at the end."""
@@ -89,3 +97,9 @@ class Block(nn.Module):
         for sub in self.sublayers:
             x = sub(x, mask, lengths)
         return x if mask is None else x * mask[..., None]
+
+    def step(self, x: Tensor, states: list[dict]) -> Tensor:
+        """One new position: (B, D) -> (B, D); states[i] belongs to sublayer i (start with {})."""
+        for sub, state in zip(self.sublayers, states, strict=True):
+            x = sub.step(x, state)
+        return x

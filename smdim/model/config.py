@@ -7,11 +7,15 @@ from typing import Literal
 
 BlockType = Literal["mfa", "afm", "fma", "mfa2sa", "mamba", "transformer"]
 BLOCK_TYPES: tuple[str, ...] = ("mfa", "afm", "fma", "mfa2sa", "mamba", "transformer")
+Objective = Literal["diffusion", "autoregressive"]
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int = 0  # filled in by training from the tokenizer (len(tokenizer)); 0 = unset
+    # diffusion: bidirectional x0-predicting denoiser; autoregressive: causal next-token model
+    # from the same parts (causal Mamba and attention, causally shifted strided conv)
+    objective: Objective = "diffusion"
     block: BlockType = "mfa"  # sublayer order per block: mfa | afm | fma | mfa2sa | mamba | transformer
     d_model: int = 128  # residual width (features per position after the strided conv)
     n_heads: int = 4  # attention heads; d_model must be divisible by it (head dim even for rotary)
@@ -21,12 +25,17 @@ class ModelConfig:
     d_state: int = 16  # SSM state size N per channel
     d_conv: int = 4  # depthwise causal conv width inside Mamba
     expand: int = 2  # Mamba inner width = expand * d_model
-    bidirectional: bool = True  # forward + reversed scan summed (non-causal denoiser)
+    bidirectional: bool = True  # diffusion: forward + reversed scan summed (autoregressive: always causal)
     ffn_mult: int = 4  # FFN hidden width = ffn_mult * d_model
     dropout: float = 0.0  # dropout after attention, FFN and Mamba sublayers, in [0, 1)
     skip: bool = True  # add the token embedding to the upsampled features (keeps token identity)
-    time_cond: bool = False  # add an embedding of t; off keeps the sampler's cache valid
+    time_cond: bool = False  # diffusion: add an embedding of t; off keeps the sampler's cache valid
     scan_chunk: int = 32  # chunk of the fallback chunked scan (no C++ compiler, non-CPU); speed only
+
+    @property
+    def causal(self) -> bool:
+        """Whether every output may only depend on the tokens at and before its position."""
+        return self.objective == "autoregressive"
 
     def __post_init__(self) -> None:
         checks = [

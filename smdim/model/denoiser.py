@@ -8,11 +8,18 @@
 
 The head scores every class including MASK and PAD: the x0-parameterised loss and the samplers
 (smdim.diffusion / smdim.sampling) exclude MASK, so the network stays a plain classifier.
+
+With `model.objective: autoregressive` the same network is causal: output i (the prediction of
+token i + 1) sees tokens 0..i only. The blocks are causal, and the strided conv reads the input
+shifted right by s - 1, so coarse position j covers tokens js - s + 1 .. js and feeds outputs
+js .. js + s - 1 (the Hourglass trick); `step` then runs it one token at a time with a recurrent
+state, one pass through the blocks per s tokens.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -45,7 +52,8 @@ class Denoiser(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, D)
         self.down = nn.Conv1d(D, D, kernel_size=s, stride=s)
         self.time_mlp = (
-            nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D)) if cfg.time_cond else None
+            nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D))
+            if cfg.time_cond and not cfg.causal else None
         )
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_blocks))
         self.up = nn.ConvTranspose1d(D, D, kernel_size=s, stride=s)
@@ -66,7 +74,10 @@ class Denoiser(nn.Module):
         if pad_mask is not None:
             emb = emb * pad_mask[..., None]
         Ls = -(-L // s)  # ceil(L / s) positions after the strided conv
-        h = F.pad(emb, (0, 0, 0, Ls * s - L))  # (B, Ls*s, D): zero tail
+        if self.cfg.causal:  # s - 1 zeros in front: coarse j ends at token js (see module doc)
+            h = F.pad(emb[:, : (Ls - 1) * s + 1], (0, 0, s - 1, 0))  # (B, Ls*s, D)
+        else:
+            h = F.pad(emb, (0, 0, 0, Ls * s - L))  # (B, Ls*s, D): zero tail
         h = strided_conv(h, self.down.weight, self.down.bias)  # (B, Ls, D)
         # A coarse position is real if any of its s tokens is (right padding keeps a prefix).
         mask_s = None if lengths is None else torch.arange(Ls, device=x.device) < -(-lengths[:, None] // s)
@@ -85,6 +96,38 @@ class Denoiser(nn.Module):
         if pad_mask is not None:
             h = h * pad_mask[..., None]
         return self.head(self.norm(h))  # (B, L, V)
+
+    def step(self, token: Tensor, state: StreamState) -> Tensor:
+        """Causal models: logits (B, V) predicting the token after `token` (B,), which sits at
+        position state.pos; the same numbers as forward(...)[:, state.pos] (tests check it)."""
+        if not self.cfg.causal:
+            raise SmdimError("step() runs autoregressive models only (model.objective: autoregressive)")
+        s, i = self.cfg.stride, state.pos
+        emb = self.embed(token)  # (B, D)
+        if state.window is None:
+            state.window = emb.new_zeros(emb.shape[0], s, emb.shape[1])
+            state.layers = [[{} for _ in block.sublayers] for block in self.blocks]
+        state.window = torch.cat([state.window[:, 1:], emb[:, None]], dim=1)  # tokens i-s+1 .. i
+        if i % s == 0:  # token js completes coarse position j: one pass through the blocks
+            h = strided_conv(state.window, self.down.weight, self.down.bias)[:, 0]  # (B, D)
+            for block, states in zip(self.blocks, state.layers, strict=True):
+                h = block.step(h, states)
+            state.up = transposed_conv(h[:, None], self.up.weight, self.up.bias)  # (B, s, D)
+        h = state.up[:, i % s]  # (B, D)
+        if self.cfg.skip:
+            h = h + emb
+        state.pos += 1
+        return self.head(self.norm(h))  # (B, V)
+
+
+@dataclass
+class StreamState:
+    """What a causal model carries from token to token (start with StreamState())."""
+
+    pos: int = 0  # position of the next token fed to `step`
+    window: Tensor | None = None  # (B, s, D): embeddings of the last s tokens (zeros before 0)
+    up: Tensor | None = None  # (B, s, D): upsampled output of the current coarse position
+    layers: list[list[dict]] = field(default_factory=list)  # per block, per sublayer: its state
 
 
 # Both convolutions have kernel == stride, so they are reshapes around one matmul; written that

@@ -26,6 +26,10 @@ try:
     from causal_conv1d import causal_conv1d_fn
 except ImportError:
     causal_conv1d_fn = None
+try:  # the one-token state update of mamba_ssm's generation (Triton, GPU only)
+    from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+except ImportError:
+    selective_state_update = None
 
 HAS_MAMBA_KERNELS = selective_scan_fn is not None
 
@@ -99,6 +103,35 @@ class Mamba(nn.Module):
         else:  # the fused C++ kernel; the chunked PyTorch scan where it is unavailable or off-CPU
             y = selective_scan_cpu(x, dt, A, B, C, self.D.float(), chunk=self.chunk, **kwargs)
         return self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
+
+    def step(self, hidden: Tensor, state: dict[str, Tensor]) -> Tensor:
+        """One new position: (B, d_model) -> (B, d_model), the recurrence of `forward` for one token.
+
+        state["conv"] (B, d_inner, d_conv): the last d_conv conv inputs; state["ssm"] (B, d_inner,
+        d_state): h. Both start at zero (absent = zero) and are updated in place, so streaming
+        generation costs the same per token at any length.
+        """
+        Bsz = hidden.shape[0]
+        if "conv" not in state:
+            state["conv"] = hidden.new_zeros(Bsz, self.d_inner, self.d_conv)
+            state["ssm"] = hidden.new_zeros(Bsz, self.d_inner, self.d_state, dtype=torch.float32)
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, d_inner) each
+        conv = torch.cat([state["conv"][..., 1:], x[..., None]], dim=-1)  # (B, d_inner, d_conv)
+        state["conv"] = conv
+        x = F.silu((conv * self.conv1d.weight[:, 0, :]).sum(-1) + self.conv1d.bias)  # (B, d_inner)
+        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = dt @ self.dt_proj.weight.T  # (B, d_inner); bias added with the softplus
+        A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
+        if selective_state_update is not None and hidden.is_cuda:
+            y = selective_state_update(state["ssm"], x, dt, A, B, C, self.D.float(), z=z,
+                                       dt_bias=self.dt_proj.bias, dt_softplus=True)
+        else:
+            delta = F.softplus((dt + self.dt_proj.bias).float())  # (B, d_inner)
+            h = state["ssm"] * torch.exp(delta[..., None] * A) + (delta * x.float())[..., None] * B.float()[:, None, :]
+            state["ssm"] = h  # (B, d_inner, d_state)
+            y = (h @ C.float()[..., None]).squeeze(-1) + self.D.float() * x.float()  # (B, d_inner)
+            y = (y * F.silu(z.float())).to(hidden.dtype)
+        return self.out_proj(y)  # (B, d_model)
 
 
 def causal_depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -1,4 +1,7 @@
-"""A checkpoint ready to make music: denoiser + tokenizer + diffusion schedule, and piece helpers.
+"""A checkpoint ready to make music: model + tokenizer + diffusion schedule, and piece helpers.
+
+A diffusion checkpoint samples with smdim.sampling.samplers, an autoregressive one streams with
+smdim.sampling.streaming; `Composer.generate` takes the same arguments for both.
 
 Shared by the `sample` stage and the `smdim` CLI. The samplers themselves (samplers.py) know
 nothing of checkpoints or tokenizers; this module is the glue.
@@ -20,9 +23,13 @@ from smdim.errors import SmdimError
 from smdim.model.checkpoint import load_checkpoint
 from smdim.sampling.constraints import Constraints, make_constraints
 from smdim.sampling.samplers import sample_with_stats
+from smdim.sampling.streaming import generate_autoregressive
 from smdim.tokenization.tokenizer import tokenizer_from_text
 
 log = logging.getLogger("smdim.sampling")
+
+# Sampler options that autoregressive generation takes; the others are the diffusion samplers'.
+STREAMING_OPTIONS = ("temperature", "top_k", "top_p", "constraints")
 
 
 @dataclass
@@ -44,6 +51,12 @@ class Composer:
     schedule: Schedule
     device: torch.device
     step: int | None = None  # training step of the checkpoint
+    bos_id: int | None = None  # autoregressive models: the token every generation starts from
+
+    @property
+    def causal(self) -> bool:
+        """True for an autoregressive model (streaming generation), False for a denoiser."""
+        return bool(self.model.cfg.causal)
 
     @property
     def bar_ids(self) -> set[int]:
@@ -66,10 +79,17 @@ class Composer:
         while len(pieces) < n:
             b = min(batch_size, n - len(pieces))
             t0 = time.perf_counter()
-            x, stats = sample_with_stats(
-                self.model, length, mask_id=self.mask_id, batch_size=b, generator=generator,
-                fixed=fixed, schedule=self.schedule, progress=progress, **sampler_kw,
-            )
+            if self.causal:  # the diffusion-only options (method, steps, ...) do not apply
+                kw = {k: v for k, v in sampler_kw.items() if k in STREAMING_OPTIONS}
+                x, stats = generate_autoregressive(
+                    self.model, length, bos_id=self.bos_id, mask_id=self.mask_id, batch_size=b,
+                    generator=generator, fixed=fixed, progress=progress, **kw,
+                )
+            else:
+                x, stats = sample_with_stats(
+                    self.model, length, mask_id=self.mask_id, batch_size=b, generator=generator,
+                    fixed=fixed, schedule=self.schedule, progress=progress, **sampler_kw,
+                )
             seconds = (time.perf_counter() - t0) / b
             pieces += [Piece(row.tolist(), seconds, stats["network_calls"]) for row in x.cpu()]
         return pieces
@@ -91,8 +111,12 @@ def load_composer(path: str, device: str = "cpu") -> Composer:
         log.warning("%s: no diffusion config in the checkpoint; assuming the linear schedule", path)
     diffusion = build(DiffusionConfig, extra.get("diffusion") or {}, f"{path}:diffusion")
     step = extra.get("step")
+    bos_id = extra.get("bos_id", tokenizer.vocab.get("BOS_None"))
+    if model.cfg.causal and bos_id is None:
+        raise SmdimError(f"{path}: an autoregressive model without a BOS token; retrain with BOS in "
+                         "tokenize.special_tokens")
     return Composer(model.eval(), tokenizer, mask_id, make_schedule(diffusion), torch.device(device),
-                    int(step) if step is not None else None)
+                    int(step) if step is not None else None, bos_id)
 
 
 def keep_bars(ids: Sequence[int], bar_ids: set[int], bars: int) -> list[int]:

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import miditok
+import numpy as np
 
 from smdim.errors import SmdimError
 from smdim.tokenization.config import TokenizeConfig
@@ -46,3 +47,12 @@ def tokenizer_from_text(text: str) -> miditok.REMI:
         path = Path(tmp) / "tokenizer.json"
         path.write_text(text, encoding="utf-8")
         return load_tokenizer(path)
+
+
+def note_counts(tokenizer: miditok.REMI) -> np.ndarray:
+    """(len(tokenizer),) int: the notes each id stands for (its Pitch tokens), for per-note metrics."""
+    counts = np.zeros(len(tokenizer), dtype=np.int64)
+    for name, i in tokenizer.vocab.items():
+        if name.startswith(("Pitch_", "PitchDrum_")):
+            counts[i] = 1
+    return counts

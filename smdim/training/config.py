@@ -7,7 +7,8 @@ from dataclasses import dataclass
 # Fields that may change between a checkpoint and a resumed run without changing what is learned
 # so far (everything else in TrainConfig makes the checkpoint "from other params": start fresh).
 RESUMABLE_FIELDS = frozenset(
-    {"steps", "eval_every", "eval_batches", "checkpoint_every", "log_every", "num_threads", "progress"}
+    {"steps", "eval_every", "eval_batches", "checkpoint_every", "log_every", "num_threads", "progress",
+     "nll_draws"}
 )
 
 
@@ -29,10 +30,11 @@ class TrainConfig:
     log_every: int = 10  # steps between loss/lr/tokens-per-second log lines
     num_threads: int = 2  # torch CPU threads (shared by the DDP ranks of one machine)
     progress: bool = True  # show a tqdm progress bar
+    nll_draws: int = 8  # diffusion: times t per validation window for the final bits-per-note ELBO
 
     def __post_init__(self) -> None:
         positive = ("seq_len", "batch_size", "steps", "eval_every", "eval_batches",
-                    "checkpoint_every", "log_every", "num_threads")
+                    "checkpoint_every", "log_every", "num_threads", "nll_draws")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")

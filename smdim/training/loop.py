@@ -1,4 +1,5 @@
-"""The training loop: crops -> diffusion loss -> AdamW, with validation, dvclive logs, resume, DDP.
+"""The training loop: crops -> the objective's loss (diffusion or autoregressive) -> AdamW, with
+validation, dvclive logs, resume, DDP, and the final validation bits per note.
 
 Every random draw of step k (crop positions, diffusion times and masks, dropout) is seeded from
 (seed, k, rank), so a run killed at any moment and restarted from models/checkpoints/last.pt
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from smdim.autoregressive.loss import autoregressive_loss
 from smdim.config import to_dict
 from smdim.diffusion.config import DiffusionConfig
 from smdim.diffusion.loss import diffusion_loss
@@ -29,13 +31,15 @@ from smdim.model.checkpoint import save_checkpoint
 from smdim.model.config import ModelConfig
 from smdim.runtime import BaseConfig, resolve_device
 from smdim.training.config import TrainConfig
-from smdim.training.crops import Batch
+from smdim.training.crops import Batch, load_pieces
 from smdim.training.distributed import all_mean, barrier, init_distributed, shutdown
+from smdim.training.likelihood import validation_likelihood
 from smdim.training.live import log_metrics
 from smdim.training.resume import rng_state, save_state
 from smdim.training.run import (
     Run,
     TrainPaths,
+    check_objective,
     clear_outputs,
     fingerprint_of,
     read_vocabulary,
@@ -80,6 +84,7 @@ def train(base: BaseConfig, model_cfg: ModelConfig, diffusion_cfg: DiffusionConf
         torch.set_num_threads(max(1, cfg.num_threads // info.local_world_size))
         vocab = read_vocabulary(paths.tokens)
         model_cfg = with_vocab_size(model_cfg, vocab)
+        check_objective(model_cfg, vocab, paths.tokens)
         fingerprint = fingerprint_of(base, model_cfg, diffusion_cfg, cfg, vocab, paths.tokens)
         state = resumable_state(paths, fingerprint, cfg.steps, info)
         if state is not None and int(state["step"]) == cfg.steps and paths.model.exists():
@@ -205,7 +210,17 @@ def save_final(run: Run) -> None:
         log.info("training already finished at step %d; rewriting the missing %s", steps, paths.model)
     with _saved_weights(run) as model:
         save_checkpoint(paths.model, model, **_extras(run, steps))
+        nll = validation_likelihood(
+            model, load_pieces(paths.tokens, "valid"), seq_len=run.cfg.seq_len,
+            notes_per_id=run.vocab.notes_per_id, mask_id=run.vocab.ids["MASK_None"],
+            bos_id=run.vocab.ids.get("BOS_None"), pad_id=run.vocab.ids["PAD_None"], schedule=run.schedule,
+            draws=run.cfg.nll_draws, batch_size=run.cfg.batch_size,
+            seed=derive_seed(run.base.seed, steps, _VALID_NOISE_STREAM))
+    log.info("validation NLL %.3f bits per note (%s, %d notes)", nll.bits_per_note,
+             "exact" if nll.exact else "ELBO bound", nll.notes)
     if run.live is not None:
+        run.live.summary.update(val_bits_per_note=nll.bits_per_note, val_bits_per_token=nll.bits_per_token)
+        run.live.make_summary()
         run.live.end()
     log.info("wrote %s (%s weights, step %d)", paths.model, "ema" if run.ema else "raw", steps)
 
@@ -214,6 +229,7 @@ def _extras(run: Run, step: int) -> dict[str, Any]:
     """What model.pt carries besides the model: tokenizer, diffusion config, provenance."""
     return {
         "mask_id": run.vocab.ids["MASK_None"], "pad_id": run.vocab.ids["PAD_None"],
+        "bos_id": run.vocab.ids.get("BOS_None"),
         "diffusion": to_dict(run.diffusion_cfg), "step": step, "tokenizer": run.vocab.text,
         "train": to_dict(run.cfg), "seed": run.base.seed,
         "weights": "ema" if run.ema is not None else "raw",
@@ -226,10 +242,16 @@ def _saved_weights(run: Run) -> contextlib.AbstractContextManager:
 
 
 def _loss(run: Run, net: torch.nn.Module, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+    """The objective's loss in nats per real token (diffusion: an upper bound; autoregressive: exact)."""
     x0 = batch.tokens.to(run.device, non_blocking=True)  # (b, L)
     pad_mask = batch.pad_mask.to(run.device, non_blocking=True)  # (b, L)
-    loss, _ = diffusion_loss(net, x0, mask_id=run.vocab.ids["MASK_None"], schedule=run.schedule,
-                             pad_mask=pad_mask, generator=gen)
+    mask_id = run.vocab.ids["MASK_None"]
+    if run.model.cfg.causal:
+        loss, _ = autoregressive_loss(net, x0, bos_id=run.vocab.ids["BOS_None"], mask_id=mask_id,
+                                      pad_mask=pad_mask)
+    else:
+        loss, _ = diffusion_loss(net, x0, mask_id=mask_id, schedule=run.schedule, pad_mask=pad_mask,
+                                 generator=gen)
     return loss
 
 

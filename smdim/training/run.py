@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from dvclive import Live
 from torch import nn
@@ -25,7 +26,7 @@ from smdim.io import clear_stale_temps
 from smdim.model.config import ModelConfig
 from smdim.model.denoiser import Denoiser
 from smdim.runtime import BaseConfig, seed_everything
-from smdim.tokenization.tokenizer import load_tokenizer
+from smdim.tokenization.tokenizer import load_tokenizer, note_counts
 from smdim.training.config import RESUMABLE_FIELDS, TrainConfig
 from smdim.training.crops import Batch, CropSampler, load_pieces, validation_batches
 from smdim.training.distributed import DistInfo, barrier
@@ -67,7 +68,8 @@ class Vocabulary:
 
     text: str
     size: int
-    ids: dict[str, int]  # SPECIAL name -> id
+    ids: dict[str, int]  # SPECIAL name (and BOS_None if the tokenizer has it) -> id
+    notes_per_id: np.ndarray  # (size,) notes each id stands for (bits per note)
 
 
 @dataclass
@@ -109,7 +111,16 @@ def read_vocabulary(tokens_dir: Path) -> Vocabulary:
             raise SmdimError(
                 f"{path}: the tokenizer has no {name} token; add it to the tokenize special tokens"
             ) from None
-    return Vocabulary(path.read_text(encoding="utf-8"), len(tokenizer), ids)
+    if "BOS_None" in tokenizer.vocab:  # the autoregressive objective's window start
+        ids["BOS_None"] = int(tokenizer["BOS_None"])
+    return Vocabulary(path.read_text(encoding="utf-8"), len(tokenizer), ids, note_counts(tokenizer))
+
+
+def check_objective(model_cfg: ModelConfig, vocab: Vocabulary, tokens_dir: Path) -> None:
+    """One-line error when the tokenizer lacks what the objective needs."""
+    if model_cfg.causal and "BOS_None" not in vocab.ids:
+        raise SmdimError(f"{tokens_dir / 'tokenizer.json'}: model.objective=autoregressive starts every "
+                         "window with BOS; add BOS to tokenize.special_tokens and re-run tokenize")
 
 
 def fingerprint_of(base: BaseConfig, model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig,

@@ -1,0 +1,1 @@
+"""Autoregressive objective: next-token cross-entropy with a causal network (model.objective)."""

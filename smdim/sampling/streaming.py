@@ -1,0 +1,96 @@
+"""Generation for autoregressive models: one token at a time with a recurrent state.
+
+The causal network's `step` (smdim.model.denoiser) carries Mamba's SSM and conv states and the
+attention layers' key/value caches, so every new token costs the same whatever the length:
+linear time and, for Mamba blocks, constant memory. Fixed tokens (a prompt, or any position of
+`fixed`) are fed instead of drawn; free positions are drawn from the model's next-token
+distribution at `temperature`, truncated to the top-k / top-p tokens, under the same constraints
+as the diffusion samplers (grammar, scale, pitch range, polyphony).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from smdim.errors import SmdimError
+from smdim.model.denoiser import StreamState
+from smdim.sampling.constraints import Constraints
+from smdim.sampling.truncation import truncate
+
+
+def generate_autoregressive(
+    model,
+    length: int,
+    *,
+    bos_id: int,
+    mask_id: int,
+    batch_size: int = 1,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    fixed: Tensor | None = None,
+    constraints: Constraints | None = None,
+    progress: bool = False,
+) -> tuple[Tensor, dict[str, int]]:
+    """(B, length) tokens and {"network_calls", "steps"}; fixed: (L,) or (B, L) ids, -1 = free."""
+    if length < 1 or batch_size < 1:
+        raise SmdimError(f"length and batch size must be >= 1 (got {length}, {batch_size})")
+    if temperature < 0:
+        raise SmdimError(f"temperature must be >= 0, got {temperature}")
+    device = next(model.parameters()).device
+    keep = _fixed(fixed, batch_size, length, mask_id, device)  # (B, L), -1 = free
+    x = torch.full((batch_size, length), mask_id, dtype=torch.long, device=device)
+    c = constraints.to(device) if constraints is not None else None
+    state = StreamState()
+    token = torch.full((batch_size,), bos_id, dtype=torch.long, device=device)
+    boundary = torch.zeros(batch_size, dtype=torch.long, device=device)  # last Bar/Position index
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for i in tqdm(range(length), desc="generating", disable=not progress, leave=False):
+            logits = model.step(token, state).float()  # (B, V): the distribution of token i
+            free = keep[:, i] < 0
+            if free.any():
+                drawn = _draw(logits, x, i, boundary, c, mask_id, temperature, top_k, top_p, generator)
+                token = torch.where(free, drawn, keep[:, i])
+            else:
+                token = keep[:, i].clone()
+            x[:, i] = token
+            if c is not None:
+                boundary = torch.where(c.is_boundary[token], i, boundary)
+    if was_training:
+        model.train()
+    return x, {"network_calls": length, "steps": length}
+
+
+def _draw(logits: Tensor, x: Tensor, i: int, boundary: Tensor, c: Constraints | None, mask_id: int,
+          temperature: float, top_k: int | None, top_p: float | None, generator) -> Tensor:
+    """One token per row for position i, given x[:, :i]."""
+    logits = logits.index_fill(-1, torch.tensor([mask_id], device=logits.device), float("-inf"))
+    if c is not None:
+        # The constraints look left to the last onset boundary at most (grammar state, position
+        # order, polyphony), so they run on that window with position i masked: O(window) per token.
+        lo = int(boundary.min())
+        window = torch.cat([x[:, lo:i], torch.full_like(x[:, :1], mask_id)], dim=1)  # (B, W)
+        full = logits.new_zeros(window.shape[0], window.shape[1], logits.shape[-1])
+        full[:, -1] = logits
+        logits = c.apply(full, window, window != mask_id)[:, -1]
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(truncate(logits / temperature, top_k, top_p), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _fixed(fixed: Tensor | None, batch_size: int, length: int, mask_id: int, device) -> Tensor:
+    if fixed is None:
+        return torch.full((batch_size, length), -1, dtype=torch.long, device=device)
+    fixed = torch.as_tensor(fixed, dtype=torch.long, device=device)
+    fixed = fixed[None] if fixed.dim() == 1 else fixed
+    if fixed.shape[-1] != length or fixed.shape[0] not in (1, batch_size):
+        raise SmdimError(f"fixed has shape {tuple(fixed.shape)}; expected ({batch_size}, {length})")
+    if (fixed == mask_id).any():
+        raise SmdimError("fixed tokens contain MASK; mark free slots with -1 instead")
+    return fixed.expand(batch_size, length)

@@ -1,0 +1,220 @@
+"""Autoregressive objective: causality, streaming == full forward, the loss by hand, bits per note,
+streaming generation (fixed tokens, seeds, grammar), and a tiny training run end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from smdim.autoregressive.loss import autoregressive_loss, shifted_input
+from smdim.config import build
+from smdim.diffusion.config import DiffusionConfig
+from smdim.diffusion.schedule import make_schedule
+from smdim.errors import SmdimError
+from smdim.model.config import BLOCK_TYPES, ModelConfig
+from smdim.model.denoiser import Denoiser, StreamState
+from smdim.runtime import BaseConfig
+from smdim.sampling.composer import constraints_for, load_composer
+from smdim.sampling.streaming import generate_autoregressive
+from smdim.sampling.truncation import truncate
+from smdim.tokenization.validity import token_error_rate
+from smdim.training.config import TrainConfig
+from smdim.training.likelihood import validation_likelihood
+from smdim.training.loop import TrainPaths, train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+V = 40
+
+
+def causal_model(**kw) -> Denoiser:
+    base = dict(vocab_size=V, d_model=32, n_heads=2, n_blocks=2, stride=4, d_state=4,
+                objective="autoregressive")
+    torch.manual_seed(0)
+    return Denoiser(ModelConfig(**{**base, **kw})).eval()
+
+
+@pytest.mark.parametrize("block", BLOCK_TYPES)
+@pytest.mark.parametrize("stride", [1, 3, 4])
+def test_changing_token_j_changes_no_earlier_prediction(block, stride):
+    model = causal_model(block=block, stride=stride)
+    x = torch.randint(0, V, (2, 29), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(x)
+        for j in (0, 5, 13, 28):
+            y = x.clone()
+            y[:, j] = (y[:, j] + 7) % V
+            out = model(y)
+            assert torch.equal(out[:, :j], ref[:, :j]), f"token {j} leaked into earlier outputs"
+            assert not torch.allclose(out[:, j], ref[:, j]), "output j must see token j"
+
+
+def test_the_diffusion_denoiser_is_not_causal():
+    torch.manual_seed(0)
+    model = Denoiser(ModelConfig(vocab_size=V, d_model=32, n_heads=2, n_blocks=1, d_state=4)).eval()
+    x = torch.randint(0, V, (1, 16))
+    y = x.clone()
+    y[0, 12] = (y[0, 12] + 1) % V
+    with torch.no_grad():
+        assert not torch.allclose(model(x)[:, :4], model(y)[:, :4])
+
+
+@pytest.mark.parametrize("block", ["mfa", "mamba", "transformer", "mfa2sa"])
+@pytest.mark.parametrize("stride", [1, 4])
+def test_streaming_equals_the_full_forward(block, stride):
+    """Recurrent Mamba state and the attention KV cache are exact: step i == forward[:, i]."""
+    model = causal_model(block=block, stride=stride, mamba_layers=2)
+    x = torch.randint(0, V, (3, 37), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = model(x)
+        state = StreamState()
+        steps = torch.stack([model.step(x[:, i], state) for i in range(x.shape[1])], dim=1)
+    torch.testing.assert_close(steps, full, rtol=1e-4, atol=1e-5)
+
+
+def test_step_refuses_a_diffusion_model():
+    model = Denoiser(ModelConfig(vocab_size=V, d_model=32, n_heads=2, n_blocks=1, d_state=4))
+    with pytest.raises(SmdimError, match="autoregressive"):
+        model.step(torch.zeros(1, dtype=torch.long), StreamState())
+
+
+def test_loss_matches_a_hand_computed_value():
+    """Toy model: fixed logits per previous token; loss = mean of -log softmax(row[prev])[next]."""
+    table = torch.randn(V, V, generator=torch.Generator().manual_seed(3))
+
+    class Bigram(torch.nn.Module):
+        def forward(self, x, t, pad_mask=None):
+            return table[x]  # (B, L, V): depends on the current input token only
+
+    mask_id, bos = V - 1, V - 2
+    x0 = torch.tensor([[3, 5, 7, 0], [4, 4, 2, 9]])
+    pad = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    loss, _ = autoregressive_loss(Bigram(), x0, bos_id=bos, mask_id=mask_id, pad_mask=pad)
+    expected, n = 0.0, 0
+    for row, mask in zip(x0.tolist(), pad.tolist(), strict=True):
+        prev = bos
+        for tok, real in zip(row, mask, strict=True):
+            if real:
+                logits = table[prev].clone()
+                logits[mask_id] = -math.inf
+                expected -= float(F.log_softmax(logits, -1)[tok])
+                n += 1
+            prev = tok
+    assert float(loss) == pytest.approx(expected / n, rel=1e-6)
+    assert shifted_input(x0, bos)[:, 0].eq(bos).all() and torch.equal(shifted_input(x0, bos)[:, 1:], x0[:, :-1])
+
+
+def test_uniform_model_gives_log_v_bits_under_both_objectives():
+    """A model with constant logits: exact AR NLL and the diffusion ELBO are both log2(V - 1)
+    bits per token (MASK excluded); notes_per_id turns tokens into notes."""
+
+    class Uniform(torch.nn.Module):
+        def __init__(self, causal):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+            self.cfg = ModelConfig(vocab_size=V, objective="autoregressive" if causal else "diffusion")
+
+        def forward(self, x, t, pad_mask=None):
+            return torch.zeros(*x.shape, V) + self.w
+
+    pieces = [np.arange(1, 30) % (V - 2), np.arange(5, 200) % (V - 2)]
+    notes = np.zeros(V, dtype=np.int64)
+    notes[: V // 2] = 1
+    kw = dict(seq_len=64, notes_per_id=notes, mask_id=V - 1, bos_id=V - 2, pad_id=0,
+              schedule=make_schedule(DiffusionConfig(weighting="uniform")), draws=64, seed=0)
+    exact = validation_likelihood(Uniform(True), pieces, **kw)
+    bound = validation_likelihood(Uniform(False), pieces, **kw)
+    assert exact.exact and not bound.exact
+    assert exact.tokens == bound.tokens == 29 + 195
+    assert exact.bits_per_token == pytest.approx(math.log2(V - 1), rel=1e-6)
+    assert bound.bits_per_token == pytest.approx(math.log2(V - 1), rel=0.05)  # a Monte Carlo estimate
+    n_notes = sum(int(notes[p].sum()) for p in pieces)
+    assert exact.bits_per_note == pytest.approx(exact.bits_per_token * exact.tokens / n_notes)
+
+
+def test_truncation_keeps_top_k_and_the_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(truncate(logits, top_k=2)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(truncate(logits, top_p=0.7)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(truncate(logits, top_p=0.85)).tolist() == [[False, False, False, True]]
+    assert torch.isinf(truncate(logits, top_p=0.1)).tolist() == [[False, True, True, True]]
+    assert torch.equal(truncate(logits), logits)
+
+
+# ---------------------------------------------------------------- a tiny trained model
+TINY_AR = {"d_model": 32, "n_heads": 2, "n_blocks": 1, "stride": 2, "d_state": 4, "expand": 1,
+           "ffn_mult": 2, "objective": "autoregressive", "block": "mfa"}
+
+
+@pytest.fixture(scope="module")
+def ar_checkpoint(tokens_dir, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ar")
+    cfg = TrainConfig(seq_len=64, batch_size=4, steps=30, lr=3e-3, warmup_steps=5, eval_every=15,
+                      eval_batches=2, checkpoint_every=15, log_every=5, num_threads=1, progress=False)
+    result = train(BaseConfig(seed=7, device="cpu"), build(ModelConfig, TINY_AR, "model"), DiffusionConfig(),
+                   cfg, TrainPaths(tokens_dir, root / "models", root / "results"))
+    assert result.ran and math.isfinite(result.val_loss)
+    return root / "models" / "model.pt"
+
+
+def test_training_writes_bits_per_note(ar_checkpoint):
+    import json
+
+    metrics = json.loads((ar_checkpoint.parent.parent / "results" / "metrics.json").read_text())
+    assert 0 < metrics["val_bits_per_token"] < metrics["val_bits_per_note"] < 50
+
+
+def test_generation_keeps_fixed_tokens_is_seeded_and_follows_the_grammar(ar_checkpoint):
+    c = load_composer(str(ar_checkpoint))
+    assert c.causal and c.bos_id == c.tokenizer["BOS_None"]
+    constraints = constraints_for(c, None, None)
+    prompt = [c.tokenizer[t] for t in ("Bar_None", "Position_0", "Pitch_60", "Velocity_63", "Duration_1.0.8")]
+    fixed = torch.full((48,), -1, dtype=torch.long)
+    fixed[:5] = torch.tensor(prompt)
+    fixed[30] = c.tokenizer["Bar_None"]  # a fixed token later on is fed, not drawn
+
+    def run(seed):
+        g = torch.Generator().manual_seed(seed)
+        return generate_autoregressive(c.model, 48, bos_id=c.bos_id, mask_id=c.mask_id, batch_size=3,
+                                       generator=g, fixed=fixed, constraints=constraints, top_p=0.95)
+
+    x, stats = run(0)
+    assert stats["network_calls"] == 48
+    assert torch.equal(x[:, :5], fixed[:5].expand(3, 5)) and (x[:, 30] == fixed[30]).all()
+    assert torch.equal(run(0)[0], x) and not torch.equal(run(1)[0], x)
+    assert not (x == c.mask_id).any() and not (x == c.bos_id).any()
+    for row in x.tolist():
+        # The grammar holds wherever the model chose; the forced Bar at 30 may cut a note short,
+        # so check up to the last complete note before it.
+        end = max(i for i in range(30) if c.tokenizer[row[i]].startswith("Duration_")) + 1
+        assert end > 5 and token_error_rate(c.tokenizer, row[:end]) == 0.0
+
+
+def test_composer_generates_through_the_same_interface(ar_checkpoint):
+    c = load_composer(str(ar_checkpoint))
+    g = torch.Generator().manual_seed(0)
+    # Diffusion-only options (method, steps) are accepted and ignored.
+    pieces = c.generate(2, 32, generator=g, method="confidence", steps=4, temperature=0.9,
+                        constraints=constraints_for(c, [55, 80], None, scale="C:major"))
+    for p in pieces:
+        pitches = [int(c.tokenizer[i].split("_")[1]) for i in p.ids if c.tokenizer[i].startswith("Pitch_")]
+        assert p.network_calls == 32 and all(55 <= q <= 80 and q % 12 in (0, 2, 4, 5, 7, 9, 11) for q in pitches)
+
+
+def test_autoregressive_objective_needs_bos(tokens_dir, tmp_path):
+    import miditok
+
+    tokens = tmp_path / "tokens"
+    tokens.mkdir()
+    for f in tokens_dir.iterdir():
+        (tokens / f.name).write_bytes(f.read_bytes())
+    miditok.REMI(miditok.TokenizerConfig(special_tokens=["PAD", "MASK"])).save(tokens / "tokenizer.json")
+    cfg = dataclasses.replace(TrainConfig(), steps=1, progress=False, num_threads=1)
+    with pytest.raises(SmdimError, match="BOS"):
+        train(BaseConfig(device="cpu"), build(ModelConfig, TINY_AR, "model"), DiffusionConfig(), cfg,
+              TrainPaths(tokens, tmp_path / "models", tmp_path / "results"))
