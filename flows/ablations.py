@@ -36,14 +36,15 @@ log = logging.getLogger("smdim.ablations")
 METRICS = ("results/evaluate/metrics.json", "results/train/metrics.json", "results/samples/metrics.json")
 
 
-def queue_and_run(project: Path, blocks: list[str], prefix: str, overrides: dict[str, Any],
+def queue_and_run(project: Path, arms: dict[str, dict[str, Any]], prefix: str, overrides: dict[str, Any],
                   jobs: int, target: str) -> dict[str, str]:
-    """Queue one experiment per block, run the queue; returns block -> experiment name."""
+    """Queue one experiment per arm (its params on top of `overrides`), run the queue; returns
+    arm -> experiment name (<prefix>-<arm>)."""
     names = {}
-    for block in blocks:
-        names[block] = f"{prefix}-{block}"
-        run_dvc(["exp", "run", "--queue", "--name", names[block],
-                 *set_args({**overrides, "model.block": block}), target], project, log)
+    for arm, params in arms.items():
+        names[arm] = f"{prefix}-{arm}"
+        run_dvc(["exp", "run", "--queue", "--name", names[arm], *set_args({**overrides, **params}), target],
+                project, log)
     run_dvc(["exp", "run", "--run-all", "--jobs", str(jobs)], project, log)
     return names
 
@@ -145,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     overrides = parse_overrides(args.set)
     project = args.project_dir.resolve()
     t0 = time.perf_counter()
-    names = queue_and_run(project, args.blocks, args.prefix, overrides, args.jobs, args.target)
+    arms = {block: {"model.block": block} for block in args.blocks}
+    names = queue_and_run(project, arms, args.prefix, overrides, args.jobs, args.target)
     rows = [row(b, n, experiment_metrics(project, n)) for b, n in names.items()]
     out = args.out if args.out.is_absolute() else project / args.out
     write_text(out / "table.md", markdown(rows, overrides))

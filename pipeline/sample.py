@@ -17,7 +17,7 @@ from smdim.render.pianoroll import save_contact_sheet
 from smdim.runtime import BaseConfig, resolve_device, seed_everything
 from smdim.sampling.composer import load_composer
 from smdim.sampling.config import SampleConfig
-from smdim.sampling.sets import length_seed, set_metrics, write_set
+from smdim.sampling.sets import cost_by_bars, length_seed, set_metrics, write_set
 
 log = logging.getLogger("smdim.sample")
 
@@ -52,7 +52,7 @@ def main() -> None:
             "params": to_dict(cfg),
             "seed": seed,
         })
-        write_json(out / "metrics.json", set_metrics(pieces))
+        write_json(out / "metrics.json", {**set_metrics(pieces), **cost_by_bars(composer, cfg, pieces, seed)})
     log.info("%d pieces (+%d by length) in %.1f s -> %s", len(pieces),
              sum(len(v) for v in by_length.values()), time.perf_counter() - t0, cfg.out_dir)
 

@@ -22,7 +22,8 @@ def tiny_params(shared_data) -> dict:
             "seq_len": 64, "batch_size": 4, "steps": 6, "warmup_steps": 2, "eval_every": 3,
             "eval_batches": 1, "checkpoint_every": 3, "log_every": 2, "progress": False,
         },
-        "sample": {"n": 2, "n_tokens": 64, "steps": 8, "lengths": [64, 128], "n_per_length": 2, "batch_size": 2},
+        "sample": {"n": 2, "n_tokens": 64, "steps": 8, "lengths": [64, 128], "n_per_length": 2, "batch_size": 2,
+                   "cost_bars": [2, 4]},
         "evaluate": {"max_reference": 4},
         "report": {"test_pieces": 2, "by_length": False},
     }

@@ -57,6 +57,23 @@ def test_block_ablation_is_one_command(make_project, shared_data):
     assert params["model"]["block"] == "mfa" and params["train"]["steps"] == 6  # workspace untouched
 
 
+def test_objectives_comparison_runs_both_objectives_through_dvc(make_project, shared_data):
+    """flows.objectives: an autoregressive and a diffusion experiment at equal (tiny) training time,
+    each the whole pipeline under `dvc exp run`, in one table with bits per note and generation cost."""
+    proj = make_project(tiny_params(shared_data), name="objectives")
+    p = run([sys.executable, "-m", "flows.objectives", "--arms", "diffusion-mfa", "ar-mamba", "--budget-s", "0.5",
+             "-S", "sample.cost_bars=[2]", "--prefix", "o", "--project-dir", str(proj)], ROOT)
+    rows = json.loads((proj / "results/objectives/table.json").read_text())["rows"]
+    assert [r["arm"] for r in rows] == ["diffusion-mfa", "ar-mamba"], p.stdout
+    for r in rows:
+        assert r["steps"] >= 1 and r["val_bits_per_note"] > 0 and 0 <= r["oa_average"] <= 1
+        assert r["generate"]["2_bars"]["seconds"] > 0 and r["generate"]["2_bars"]["tokens"] > 0
+    assert "| ar-mamba |" in (proj / "results/objectives/table.md").read_text()
+    assert (proj / "results/objectives/table.png").read_bytes()[:4] == b"\x89PNG"
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    assert params["model"]["objective"] == "diffusion"  # workspace untouched
+
+
 def _experiment_names(node) -> set[str]:
     """Every "name" in `dvc exp show --json` (its nesting differs between DVC versions)."""
     if isinstance(node, dict):

@@ -5,16 +5,13 @@ so one row's memory or a crash cannot affect another. Inside the worker, lengths
 order; a cell whose time or memory, extrapolated from the previous cells, would exceed the budget
 is skipped with the reason recorded (and so are the longer ones).
 
-Memory, CPU: torch's CPU allocations are invisible to tracemalloc, so we read the kernel's
-resident-set high-water mark: reset it (`/proc/self/clear_refs` = 5), release freed heap
-(`malloc_trim`), and report VmHWM minus the RSS before the model was built. That covers weights,
-gradients, AdamW state, activations and allocator slack of one training step. CUDA: the
-allocator's `max_memory_allocated`.
+Memory (smdim.peak_memory): the RSS high-water mark above the RSS before the model was built,
+which covers weights, gradients, AdamW state, activations and allocator slack of one training
+step; on CUDA the allocator's `max_memory_allocated`.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import os
@@ -22,7 +19,6 @@ import selectors
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,6 +31,7 @@ from smdim.config import build, to_dict
 from smdim.model.config import ModelConfig
 from smdim.model.denoiser import Denoiser
 from smdim.model.scan import scan_flops
+from smdim.peak_memory import PeakMemory
 from smdim.sampling.samplers import sample
 
 
@@ -71,42 +68,6 @@ def count_flops(mcfg: ModelConfig, batch: int, length: int) -> dict[str, float]:
     sf = scan_flops(batch, mcfg.expand * mcfg.d_model, ls, mcfg.d_state)
     scan = n_scans * (sf["forward"] + sf["backward"])
     return {"gflops": (counted + scan) / 1e9, "gflops_counted": counted / 1e9, "gflops_scan": scan / 1e9}
-
-
-class PeakMemory:
-    """Peak memory of a block of work: VmHWM on CPU (Linux), the CUDA allocator on GPU."""
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self.base = 0
-
-    def start(self) -> None:
-        """Release cached memory and reset the high-water mark."""
-        if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-            return
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except OSError:
-            pass
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        self.base = _proc_status_kb("VmRSS")
-
-    def peak_mb(self) -> float:
-        """Peak increase since start() in MiB."""
-        if self.device.startswith("cuda"):
-            return (torch.cuda.max_memory_allocated() - self.base) / 2**20
-        return (_proc_status_kb("VmHWM") - self.base) / 1024
-
-
-def _proc_status_kb(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise OSError(f"/proc/self/status has no {key}")
 
 
 def _sync(device: str) -> None:

@@ -6,6 +6,7 @@ these functions; samples.json keeps one record per piece for the evaluation stag
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 from smdim.render.pianoroll import save_pianoroll
 from smdim.sampling.composer import Composer, constraints_for, count_bars, keep_bars
 from smdim.sampling.config import SampleConfig
+from smdim.sampling.cost import generation_cost
 from smdim.tokenization.decode import write_midi
 from smdim.tokenization.validity import token_error_rate
 
@@ -22,12 +24,8 @@ def write_set(composer: Composer, cfg: SampleConfig, out: Path, subdir: str, n: 
               seed: int, *, bars: int | None, pianorolls: bool) -> list[dict]:
     """Generate `n` pieces of `length` tokens (cut to `bars` bars) into out/subdir/NNN.mid."""
     generator = torch.Generator(device=composer.device).manual_seed(seed)
-    pieces = composer.generate(
-        n, length, generator=generator, batch_size=cfg.batch_size, method=cfg.method, steps=cfg.steps,
-        temperature=cfg.temperature, constraints=constraints_for(composer, cfg.pitch_range, cfg.max_polyphony, scale=cfg.scale,
-                                    grammar=cfg.grammar),
-        unmask_schedule=cfg.unmask_schedule, confidence_noise=cfg.confidence_noise, progress=True,
-    )
+    pieces = composer.generate(n, length, generator=generator, batch_size=cfg.batch_size, progress=True,
+                               **sampler_kwargs(composer, cfg))
     records = []
     for i, piece in enumerate(pieces):
         ids = keep_bars(piece.ids, composer.bar_ids, bars) if bars else piece.ids
@@ -44,6 +42,29 @@ def write_set(composer: Composer, cfg: SampleConfig, out: Path, subdir: str, n: 
             "network_calls": piece.network_calls,
         })
     return records
+
+
+def sampler_kwargs(composer: Composer, cfg: SampleConfig) -> dict:
+    """The `sample` section as Composer.generate's sampler options."""
+    return dict(
+        method=cfg.method, steps=cfg.steps, temperature=cfg.temperature,
+        constraints=constraints_for(composer, cfg.pitch_range, cfg.max_polyphony, scale=cfg.scale,
+                                    grammar=cfg.grammar),
+        unmask_schedule=cfg.unmask_schedule, confidence_noise=cfg.confidence_noise,
+    )
+
+
+def cost_by_bars(composer: Composer, cfg: SampleConfig, records: list[dict], seed: int) -> dict[str, dict]:
+    """Seconds and peak memory to generate one piece of each of `cfg.cost_bars` bars (batch 1).
+
+    The token count for B bars is B times the main set's tokens per bar, the same rule for every
+    model, so diffusion (which needs the length up front) and streaming compare on equal pieces.
+    """
+    bars = sum(r["n_bars"] for r in records)
+    per_bar = sum(r["n_tokens"] for r in records) / max(bars, 1)
+    return {f"generate_{b}_bars": generation_cost(composer, math.ceil(b * per_bar), seed + b,
+                                                  **sampler_kwargs(composer, cfg))
+            for b in cfg.cost_bars}
 
 
 def length_seed(seed: int, length: int) -> int:

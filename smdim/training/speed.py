@@ -1,0 +1,44 @@
+"""Seconds per training step of a model config, measured on random tokens (for equal-time budgets)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from smdim.autoregressive.loss import autoregressive_loss
+from smdim.diffusion.config import DiffusionConfig
+from smdim.diffusion.loss import diffusion_loss
+from smdim.diffusion.schedule import make_schedule
+from smdim.model.config import ModelConfig
+from smdim.model.denoiser import Denoiser
+from smdim.training.config import TrainConfig
+from smdim.training.optim import make_optimizer
+
+
+def step_seconds(model_cfg: ModelConfig, cfg: TrainConfig, repeats: int = 5, warmup: int = 2) -> float:
+    """Median wall-clock seconds of one optimizer step (forward, loss, backward, AdamW) at
+    train.batch_size x train.seq_len, with train.num_threads threads; ids 0/1/2 = PAD/BOS/MASK."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.num_threads)
+    try:
+        torch.manual_seed(0)
+        model = Denoiser(model_cfg)
+        opt = make_optimizer(model, cfg)
+        schedule = make_schedule(DiffusionConfig())
+        x = torch.randint(3, model_cfg.vocab_size, (cfg.batch_size, cfg.seq_len))
+        times = []
+        for _ in range(warmup + repeats):
+            t0 = time.perf_counter()
+            if model_cfg.causal:
+                loss, _ = autoregressive_loss(model, x, bos_id=1, mask_id=2)
+            else:
+                loss, _ = diffusion_loss(model, x, mask_id=2, schedule=schedule)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times[warmup:])
+    finally:
+        torch.set_num_threads(threads)
