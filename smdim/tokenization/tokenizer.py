@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import miditok
 
 from smdim.errors import SmdimError
-from smdim.tokenization.config import TokenizeConfig
+
+if TYPE_CHECKING:  # config.py builds a tokenizer to check tokenize.bpe_vocab: no import cycle
+    from smdim.tokenization.config import TokenizeConfig
 
 
 def build_tokenizer(cfg: TokenizeConfig) -> miditok.REMI:
