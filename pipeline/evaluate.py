@@ -16,6 +16,7 @@ from smdim.metrics.config import EvaluateConfig
 from smdim.metrics.evaluate import evaluate_run
 from smdim.metrics.report import length_records, markdown_report, plot_bars, plot_vs_length
 from smdim.runtime import BaseConfig, seed_everything
+from smdim.tokenization.bpe import bar_start_ids
 from smdim.tokenization.decode import tokens_to_score
 from smdim.tokenization.tokenizer import load_tokenizer
 
@@ -46,7 +47,7 @@ def main() -> None:
         test=read_shards(tokens, split="test", columns=cols),
         train=read_shards(tokens, split="train", columns=cols),
         decode=lambda ids: tokens_to_score(tokenizer, ids),
-        bar_id=tokenizer.vocab.get("Bar_None"),
+        bar_id=bar_start_ids(tokenizer),  # with BPE, every id that starts with a Bar
     )
     seconds = time.perf_counter() - t0
 

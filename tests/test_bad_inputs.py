@@ -156,3 +156,14 @@ def test_generate_with_a_wrong_checkpoint_says_what_to_use(tmp_path, case):
                         "--out", str(tmp_path / "x.mid")], capture_output=True, text=True, cwd=ROOT)
     line = _one_error_line(p)
     assert expect in line and "weights_only" not in line
+
+
+def test_bpe_vocab_below_the_base_vocabulary(tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["tokenize"]["bpe_vocab"] = 100
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    line = _one_error_line(_stage(project, "pipeline.tokenize"))
+    assert "tokenize: bpe_vocab=100 must be larger than the 284 base REMI tokens" in line, line
+    assert not (project / "data").exists(), "nothing tokenized before the check"

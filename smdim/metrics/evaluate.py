@@ -9,7 +9,7 @@ costs as much as a usable piece that overlaps nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +120,7 @@ def evaluate_run(
     test: pd.DataFrame,
     train: pd.DataFrame,
     decode: Decode,
-    bar_id: int | None,
+    bar_id: int | Collection[int] | None,  # the id(s) a bar starts with (BPE: a set)
 ) -> dict:
     """The whole stage result (see the module docstring).
 

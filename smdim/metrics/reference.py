@@ -4,14 +4,14 @@ Generated pieces are `L` tokens long while a test song is thousands; features su
 or used-pitch count grow with length, so comparing a 512-token sample to whole songs would measure
 length, not quality. Ground-truth pieces are therefore cropped to the same number of tokens: a
 window of `length` tokens starting at a Bar token chosen at random (seeded), as training crops are
-drawn, or the first `length` tokens (`start="start"`). Pieces shorter than the window stay whole
+drawn (with BPE: at any id that starts with a Bar, `bar_id` being that set of ids), or the first `length` tokens (`start="start"`). Pieces shorter than the window stay whole
 in the main comparison; OA vs length leaves them out (`at_least`), so an L-token sample is only
 ever compared with L-token windows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Literal
 
 import numpy as np
@@ -40,7 +40,7 @@ def crop_ids(
     length: int | None,
     rng: np.random.Generator,
     *,
-    bar_id: int | None = None,
+    bar_id: int | Collection[int] | None = None,
     start: CropStart = "bar_random",
 ) -> list[int]:
     """A `length`-token window of `ids` (whole if shorter or length None), see the module doc."""
@@ -51,7 +51,8 @@ def crop_ids(
     if start == "bar_random":
         arr = np.asarray(ids)
         if bar_id is not None:
-            cands = np.flatnonzero(arr[: len(ids) - length + 1] == bar_id)
+            bars = sorted(bar_id) if isinstance(bar_id, Collection) else [bar_id]
+            cands = np.flatnonzero(np.isin(arr[: len(ids) - length + 1], bars))
         else:
             cands = np.arange(len(ids) - length + 1)
         if len(cands):
@@ -65,7 +66,7 @@ def crop_scores(
     decode: Callable[[list[int]], symusic.Score],
     seed: int,
     *,
-    bar_id: int | None = None,
+    bar_id: int | Collection[int] | None = None,
     start: CropStart = "bar_random",
 ) -> list[symusic.Score]:
     """Crop every token list (seeded by `seed` and `length`) and decode it to a Score."""

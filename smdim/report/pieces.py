@@ -15,6 +15,7 @@ import pandas as pd
 from smdim.render.audio import AudioInfo, render_audio
 from smdim.render.pianoroll import save_pianoroll
 from smdim.report.config import ReportConfig
+from smdim.tokenization.bpe import bar_start_ids
 from smdim.tokenization.decode import write_midi
 
 
@@ -91,7 +92,7 @@ def pick_test(test: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 def test_items(test: pd.DataFrame, tokenizer, crop: int | None, out: Path, sub: str,
                cfg: ReportConfig, pool: Executor) -> list[PageItem]:
     """Test-split pieces (rows with dataset, piece_id, tokens), their first `crop` tokens, rendered."""
-    bar_id = tokenizer.vocab.get("Bar_None")
+    bar_ids = bar_start_ids(tokenizer)  # with BPE, every id that starts with a Bar
     items = []
     for i, row in enumerate(test.itertuples(index=False)):
         ids = [int(t) for t in (row.tokens[:crop] if crop else row.tokens)]
@@ -100,6 +101,6 @@ def test_items(test: pd.DataFrame, tokenizer, crop: int | None, out: Path, sub: 
         write_midi(tokenizer, ids, midi)
         title = f"test {row.dataset}/{row.piece_id}"
         items.append(render_piece(midi, out, rel, cfg, pool, title=title, n_tokens=len(ids),
-                                  n_bars=ids.count(bar_id) if bar_id is not None else None,
+                                  n_bars=sum(i in bar_ids for i in ids),
                                   extra={"source": f"{row.dataset}/{row.piece_id}"}))
     return items

@@ -24,6 +24,7 @@ from smdim.model.checkpoint import load_checkpoint
 from smdim.sampling.constraints import Constraints, make_constraints
 from smdim.sampling.samplers import sample_with_stats
 from smdim.sampling.streaming import generate_autoregressive
+from smdim.tokenization.bpe import bar_start_ids
 from smdim.tokenization.tokenizer import tokenizer_from_text
 
 log = logging.getLogger("smdim.sampling")
@@ -59,9 +60,10 @@ class Composer:
         return bool(self.model.cfg.causal)
 
     @property
-    def bar_ids(self) -> set[int]:
-        """Ids of the Bar tokens of the vocabulary."""
-        return {i for name, i in self.tokenizer.vocab.items() if name.startswith("Bar_")}
+    def bar_ids(self) -> frozenset[int]:
+        """Ids that start a bar: the Bar token, and with BPE every merged token that begins with it
+        (a BPE token never holds a Bar elsewhere, so counting these ids counts bars)."""
+        return bar_start_ids(self.tokenizer)
 
     def generate(
         self,

@@ -20,6 +20,7 @@ finished sequence would have allowed (and a Position-less stretch after a Bar is
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,10 +28,13 @@ import torch
 from torch import Tensor
 
 from smdim.errors import SmdimError
-from smdim.sampling.grammar import Grammar, nearest_known, remi_grammar
+from smdim.sampling.grammar import Grammar, bpe_grammar, nearest_known, remi_grammar
 from smdim.sampling.scales import pitch_classes
+from smdim.tokenization.bpe import base_tokens, is_bpe
 
 SPECIAL_PREFIXES = ("PAD_", "BOS_", "EOS_", "MASK_", "SEP_")
+
+log = logging.getLogger("smdim.sampling")
 
 
 @dataclass(frozen=True)
@@ -116,14 +120,15 @@ class Constraints:
         return new_pitch & (old_counts.gather(1, seg) + rank > self.max_polyphony)
 
 
-def _vocab(tokenizer_or_vocab) -> tuple[dict[str, int], list[str]]:
+def _vocab(tokenizer_or_vocab) -> tuple[dict[str, int], list[str], list[tuple[str, ...]] | None]:
+    """(base vocab, special token names, base token names of every id if the ids are BPE ids)."""
     if isinstance(tokenizer_or_vocab, Mapping):
         vocab = dict(tokenizer_or_vocab)
         specials = [k for k in vocab if k.startswith(SPECIAL_PREFIXES)]
-    else:
-        vocab = dict(tokenizer_or_vocab.vocab)
-        specials = list(tokenizer_or_vocab.special_tokens)
-    return vocab, specials
+        return vocab, specials, None
+    vocab = dict(tokenizer_or_vocab.vocab)
+    specials = list(tokenizer_or_vocab.special_tokens)
+    return vocab, specials, base_tokens(tokenizer_or_vocab) if is_bpe(tokenizer_or_vocab) else None
 
 
 def make_constraints(
@@ -144,28 +149,36 @@ def make_constraints(
     ban_prefixes: token types never sampled, e.g. ("Bar_",) so an infill keeps the bar count.
     scale: 'TONIC:MODE' (e.g. 'C:major', 'C:pentatonic'): only Pitch tokens in it (None = any).
     grammar: follow the REMI token-type grammar (smdim.sampling.grammar).
+
+    With a BPE tokenizer every mask covers all BPE ids: an id counts as a pitch, a boundary or
+    banned when any base token it stands for does (e.g. a merged note with an out-of-range pitch
+    is banned); the grammar runs on BPE token types and max_polyphony is refused.
     """
     in_scale = pitch_classes(scale) if scale is not None else None
-    vocab, specials = _vocab(tokenizer_or_vocab)
-    size = max(vocab.values()) + 1
+    vocab, specials, bpe_tokens = _vocab(tokenizer_or_vocab)
+    # Every id with the base tokens it stands for: itself in plain REMI, a run of them with BPE.
+    per_id = bpe_tokens if bpe_tokens is not None else [(name,) for name in vocab]
+    ids = range(len(per_id)) if bpe_tokens is not None else vocab.values()
+    size = max(ids) + 1
     banned = torch.zeros(size, dtype=torch.bool)
     is_pitch = torch.zeros(size, dtype=torch.bool)
     is_boundary = torch.zeros(size, dtype=torch.bool)
     position_of = torch.full((size,), -1, dtype=torch.long)
-    for name, i in vocab.items():
-        kind, _, value = name.partition("_")
-        if kind == "Pitch":
-            is_pitch[i] = True
-            if pitch_range is not None and not pitch_range[0] <= int(value) <= pitch_range[1]:
+    for i, names in zip(ids, per_id, strict=True):
+        for name in names:  # an id is banned when any base token it holds is
+            kind, _, value = name.partition("_")
+            if kind == "Pitch":
+                is_pitch[i] = True
+                if pitch_range is not None and not pitch_range[0] <= int(value) <= pitch_range[1]:
+                    banned[i] = True
+                if in_scale is not None and int(value) % 12 not in in_scale:
+                    banned[i] = True
+            elif kind in ("Bar", "Position"):
+                is_boundary[i] = True
+                if kind == "Position":
+                    position_of[i] = int(value)
+            if ban_prefixes and name.startswith(tuple(ban_prefixes)):
                 banned[i] = True
-            if in_scale is not None and int(value) % 12 not in in_scale:
-                banned[i] = True
-        elif kind in ("Bar", "Position"):
-            is_boundary[i] = True
-            if kind == "Position":
-                position_of[i] = int(value)
-        if ban_prefixes and name.startswith(tuple(ban_prefixes)):
-            banned[i] = True
     if ban_special:
         for name in specials:
             banned[vocab[name]] = True
@@ -174,8 +187,21 @@ def make_constraints(
                          "Pitch token of the vocabulary; widen the range")
     if max_polyphony is not None and max_polyphony < 1:
         raise SmdimError(f"max_polyphony must be >= 1 or null, got {max_polyphony}")
+    if max_polyphony is not None and bpe_tokens is not None:
+        # A BPE token can hold an onset boundary between its pitches, which the per-segment count
+        # (module docstring) cannot split: the cap would not be exact, so it is refused.
+        raise SmdimError(f"max_polyphony={max_polyphony} needs a plain REMI tokenizer; this model was trained "
+                         "with BPE (tokenize.bpe_vocab): set sample.max_polyphony to null")
     if not (~banned & ~is_pitch).any():
         raise SmdimError("constraints ban every non-pitch token; check the tokenizer vocabulary")
-    rules = remi_grammar(vocab) if grammar else None
-    return Constraints(banned, is_pitch, is_boundary, max_polyphony, rules,
-                       position_of if rules is not None else None)
+    if not grammar:
+        return Constraints(banned, is_pitch, is_boundary, max_polyphony)
+    if bpe_tokens is None:
+        rules = remi_grammar(vocab)
+        return Constraints(banned, is_pitch, is_boundary, max_polyphony, rules,
+                           position_of if rules is not None else None)
+    # BPE: token types through (first, last) base types (grammar.bpe_grammar). The rule that
+    # Positions rise within a bar needs each token's single Position value; BPE tokens hold several
+    # or none, so it is off and only miditok's validity check sees time going back.
+    log.info("BPE tokenizer: grammar masks on BPE token types; the Position-order rule is off")
+    return Constraints(banned, is_pitch, is_boundary, max_polyphony, bpe_grammar(bpe_tokens, ~banned))

@@ -17,11 +17,16 @@ right (type b, e steps away) can still be completed: a reaches z in exactly d st
 b in exactly e (powers of the transition matrix). Drawing one slot that way keeps every gap
 completable, so a sequence filled one token at a time is always well formed; tokens drawn in the
 same step can still clash, and `clashes` finds them for the sampler to redraw one at a time.
+
+With BPE a token stands for a run of base tokens (smdim.tokenization.bpe). `bpe_grammar` runs the
+same automaton on BPE tokens: a token may stand where its first base token may, and what follows
+it is what may follow its last. Its automaton type is that (first, last) pair, and the pairs'
+transitions are again a plain automaton, so `Grammar` works on it unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -105,9 +110,13 @@ def nearest_known(known: Tensor) -> tuple[Tensor, Tensor]:
             torch.cat([right[:, 1:], torch.full_like(right[:, :1], L)], 1))
 
 
-def remi_grammar(vocab: Mapping[str, int], max_steps: int = 64) -> Grammar | None:
-    """The grammar of a REMI vocabulary (token -> id); None if it lacks Bar, Position or Pitch."""
-    kinds = {ALIASES.get(k, k) for k in (name.split("_", 1)[0] for name in vocab)}
+def _kind(name: str) -> str:
+    kind = name.split("_", 1)[0]
+    return ALIASES.get(kind, kind)
+
+
+def _automaton(kinds: set[str]) -> tuple[dict[str, int], Tensor] | None:
+    """Type index (Bar first, `start` last) and one-step transitions (T, T) of the base automaton."""
     if not {"Bar", "Position", "Pitch"} <= kinds:
         return None
     note = [k for k in NOTE_TYPES if k in kinds]
@@ -125,13 +134,59 @@ def remi_grammar(vocab: Mapping[str, int], max_steps: int = 64) -> Grammar | Non
     for a, b in zip(note, note[1:], strict=False):
         allow(a, b)
     allow(note[-1], note[0], "Position", "Bar")
-    reach = [torch.eye(len(names), dtype=torch.bool)]
+    return index, step
+
+
+def _reach(step: Tensor, max_steps: int, last: Tensor | None = None) -> Tensor:
+    """(K+1, T, T) k-step reachability; intermediate types go through `step`, the last one through
+    `last` (default `step`), so a last step may land on a type that only known tokens have."""
+    last = step if last is None else last
+    reach = [torch.eye(step.shape[0], dtype=torch.bool)]
+    inner = reach[0]
     for _ in range(max_steps):
-        reach.append((reach[-1].float() @ step.float()) > 0)
+        reach.append((inner.float() @ last.float()) > 0)
+        inner = (inner.float() @ step.float()) > 0
+    return torch.stack(reach)
+
+
+def remi_grammar(vocab: Mapping[str, int], max_steps: int = 64) -> Grammar | None:
+    """The grammar of a REMI vocabulary (token -> id); None if it lacks Bar, Position or Pitch."""
+    built = _automaton({_kind(name) for name in vocab})
+    if built is None:
+        return None
+    index, step = built
     type_of = torch.full((max(vocab.values()) + 1,), -1, dtype=torch.long)
     for name, i in vocab.items():
-        kind = name.split("_", 1)[0]
-        kind = ALIASES.get(kind, kind)
+        kind = _kind(name)
         if kind in index and kind != "start":
             type_of[i] = index[kind]
-    return Grammar(type_of, torch.stack(reach), index["start"])
+    return Grammar(type_of, _reach(step, max_steps), index["start"])
+
+
+def bpe_grammar(tokens: Sequence[Sequence[str]], usable: Tensor, max_steps: int = 64) -> Grammar | None:
+    """The grammar over BPE ids: `tokens` (V) gives each id's base token names, `usable` (V,) bool
+    the ids a free slot may take (not banned). None if the base vocabulary lacks Bar, Position or
+    Pitch.
+
+    Each id's type is the (first, last) pair of its modelled base types (an id with none is a
+    wildcard). Pair p may follow pair q when the base automaton lets first(p) follow last(q).
+    Paths through free slots only use pairs some usable id has, so a gap judged completable can
+    be filled with tokens that are not banned.
+    """
+    built = _automaton({_kind(name) for names in tokens for name in names})
+    if built is None:
+        return None
+    index, base_step = built
+    pairs: dict[tuple[int, int], int] = {}
+    type_of = torch.full((len(tokens),), -1, dtype=torch.long)
+    for i, names in enumerate(tokens):
+        modelled = [index[k] for k in map(_kind, names) if k in index]
+        if modelled:
+            type_of[i] = pairs.setdefault((modelled[0], modelled[-1]), len(pairs))
+    start = len(pairs)
+    first = torch.tensor([p[0] for p in pairs] + [index["start"]])  # the virtual start: (start, start)
+    last = torch.tensor([p[1] for p in pairs] + [index["start"]])
+    step = base_step[last][:, first]  # (P+1, P+1): q -> p when first(p) may follow last(q)
+    avail = torch.zeros(start + 1, dtype=torch.bool)
+    avail[type_of[usable & (type_of >= 0)]] = True
+    return Grammar(type_of, _reach(step & avail, max_steps, last=step), start)

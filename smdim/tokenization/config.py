@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from smdim.tokenization.tokenizer import build_tokenizer
+
 REQUIRED_SPECIAL = ("PAD", "MASK")  # PAD pads batches (id 0), MASK is the absorbing state
 
 
@@ -20,6 +22,9 @@ class TokenizeConfig:
     use_time_signatures: bool = False  # add TimeSig tokens (off: bars assume 4/4)
     merge_tracks: bool = True  # merge all non-drum tracks into one piano track (one stream)
     special_tokens: list[str] = field(default_factory=lambda: ["PAD", "BOS", "EOS", "MASK"])
+    # BPE vocabulary size (miditok's BPE, learned on the train split's bars; null = plain REMI).
+    # Must exceed the base REMI vocabulary of the settings above (284 with the defaults).
+    bpe_vocab: int | None = None
     min_notes: int = 1  # pieces with fewer notes (after preprocessing) are skipped
     valid_fraction: float = 0.05  # share of pieces in the valid split (hash of the piece id)
     test_fraction: float = 0.05  # share of pieces in the test split
@@ -46,3 +51,9 @@ class TokenizeConfig:
             raise ValueError("shard_rows >= 1, shard_mb > 0 and zstd_level in 1..22 are required")
         if self.min_notes < 0:
             raise ValueError(f"min_notes must be >= 0, got {self.min_notes}")
+        if self.bpe_vocab is not None:
+            # The base size depends on every setting above, so ask miditok (a 2 ms build).
+            base = len(build_tokenizer(self))
+            if self.bpe_vocab <= base:
+                raise ValueError(f"bpe_vocab={self.bpe_vocab} must be larger than the {base} base REMI tokens "
+                                 "of these settings (null = no BPE)")

@@ -8,6 +8,7 @@ import miditok
 from symusic import Score
 
 from smdim.io import atomic_path
+from smdim.tokenization.bpe import expand_ids
 
 
 def musical_ids(tokenizer: miditok.REMI, ids: list[int]) -> list[int]:
@@ -18,8 +19,9 @@ def musical_ids(tokenizer: miditok.REMI, ids: list[int]) -> list[int]:
 
 
 def tokens_to_score(tokenizer: miditok.REMI, ids: list[int]) -> Score:
-    """Decode what is valid in `ids` into a Score (special and unknown ids are dropped)."""
-    clean = musical_ids(tokenizer, ids)
+    """Decode what is valid in `ids` into a Score (special and unknown ids are dropped; BPE ids
+    are expanded to their base tokens first)."""
+    clean = expand_ids(tokenizer, musical_ids(tokenizer, ids))
     if not clean:
         return Score(tokenizer.time_division)
     # Per-track REMI takes one list per track; a one-stream tokenizer takes the list itself.

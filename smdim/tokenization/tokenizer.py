@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import miditok
-import numpy as np
 
 from smdim.errors import SmdimError
-from smdim.tokenization.config import TokenizeConfig
+
+if TYPE_CHECKING:  # config.py builds a tokenizer to check tokenize.bpe_vocab: no import cycle
+    from smdim.tokenization.config import TokenizeConfig
 
 
 def build_tokenizer(cfg: TokenizeConfig) -> miditok.REMI:
@@ -48,11 +50,3 @@ def tokenizer_from_text(text: str) -> miditok.REMI:
         path.write_text(text, encoding="utf-8")
         return load_tokenizer(path)
 
-
-def note_counts(tokenizer: miditok.REMI) -> np.ndarray:
-    """(len(tokenizer),) int: the notes each id stands for (its Pitch tokens), for per-note metrics."""
-    counts = np.zeros(len(tokenizer), dtype=np.int64)
-    for name, i in tokenizer.vocab.items():
-        if name.startswith(("Pitch_", "PitchDrum_")):
-            counts[i] = 1
-    return counts

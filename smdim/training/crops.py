@@ -10,6 +10,7 @@ unrelated pieces inside one window.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,9 @@ def step_rng(seed: int, step: int, stream: int) -> np.random.Generator:
 class CropSampler:
     """Random `seq_len` windows from a set of token streams, starting at a Bar token when possible.
 
+    `bar_id` is the Bar token's id, or the set of ids a bar starts with: with BPE, a Bar may be
+    merged into longer tokens (smdim.tokenization.bpe.bar_start_ids).
+
     Pieces are drawn with probability proportional to the number of windows they hold
     (ceil(n_tokens / seq_len)), so every token is seen about equally often whether it sits in a
     short folk tune or a long chorale. A window starts at a uniformly chosen Bar token among
@@ -51,7 +55,7 @@ class CropSampler:
     very long bar) starts at token 0 when short and at a uniform offset otherwise.
     """
 
-    def __init__(self, pieces: list[np.ndarray], seq_len: int, bar_id: int, pad_id: int = 0):
+    def __init__(self, pieces: list[np.ndarray], seq_len: int, bar_id: int | Collection[int], pad_id: int = 0):
         if seq_len < 1:
             raise SmdimError(f"train.seq_len={seq_len}: must be >= 1")
         pieces = [np.asarray(p, dtype=np.int64) for p in pieces if len(p) > 0]
@@ -66,9 +70,10 @@ class CropSampler:
         windows = np.ceil(self.lengths / seq_len)
         self.probs = windows / windows.sum()
         # Per piece: Bar positions that leave a full window after them.
+        bar_ids = np.asarray(sorted(bar_id) if isinstance(bar_id, Collection) else [bar_id], dtype=np.int64)
         self.bar_starts = []
         for p, n in zip(pieces, self.lengths, strict=True):
-            bars = np.flatnonzero(p == bar_id)
+            bars = np.flatnonzero(np.isin(p, bar_ids))
             self.bar_starts.append(bars[bars <= n - seq_len])
 
     def __len__(self) -> int:

@@ -26,7 +26,8 @@ from smdim.io import clear_stale_temps
 from smdim.model.config import ModelConfig
 from smdim.model.denoiser import Denoiser
 from smdim.runtime import BaseConfig, seed_everything
-from smdim.tokenization.tokenizer import load_tokenizer, note_counts
+from smdim.tokenization.bpe import bar_start_ids, note_counts
+from smdim.tokenization.tokenizer import load_tokenizer
 from smdim.training.config import RESUMABLE_FIELDS, TrainConfig
 from smdim.training.crops import Batch, CropSampler, load_pieces, validation_batches
 from smdim.training.distributed import DistInfo, barrier
@@ -70,6 +71,7 @@ class Vocabulary:
     size: int
     ids: dict[str, int]  # SPECIAL name (and BOS_None if the tokenizer has it) -> id
     notes_per_id: np.ndarray  # (size,) notes each id stands for (bits per note)
+    bar_starts: frozenset[int]  # ids that begin a bar (Bar_None, and with BPE its merges)
 
 
 @dataclass
@@ -113,7 +115,8 @@ def read_vocabulary(tokens_dir: Path) -> Vocabulary:
             ) from None
     if "BOS_None" in tokenizer.vocab:  # the autoregressive objective's window start
         ids["BOS_None"] = int(tokenizer["BOS_None"])
-    return Vocabulary(path.read_text(encoding="utf-8"), len(tokenizer), ids, note_counts(tokenizer))
+    return Vocabulary(path.read_text(encoding="utf-8"), len(tokenizer), ids, note_counts(tokenizer),
+                      bar_start_ids(tokenizer))
 
 
 def check_objective(model_cfg: ModelConfig, vocab: Vocabulary, tokens_dir: Path) -> None:
@@ -202,9 +205,9 @@ def start_run(base: BaseConfig, model_cfg: ModelConfig, diffusion_cfg: Diffusion
     lo, hi = info.share(cfg.batch_size)
     if info.is_main:
         log.info("loading crops from %s", paths.tokens)
-    bar_id, pad_id = vocab.ids["Bar_None"], vocab.ids["PAD_None"]
-    train_crops = CropSampler(load_pieces(paths.tokens, "train"), cfg.seq_len, bar_id, pad_id)
-    valid_crops = CropSampler(load_pieces(paths.tokens, "valid"), cfg.seq_len, bar_id, pad_id)
+    bar_ids, pad_id = vocab.bar_starts, vocab.ids["PAD_None"]
+    train_crops = CropSampler(load_pieces(paths.tokens, "train"), cfg.seq_len, bar_ids, pad_id)
+    valid_crops = CropSampler(load_pieces(paths.tokens, "valid"), cfg.seq_len, bar_ids, pad_id)
     valid = [b.rows(lo, hi) for b in validation_batches(valid_crops, base.seed, cfg.eval_batches, cfg.batch_size)]
     use_bf16 = base.dtype == "bfloat16" and device.type == "cuda"
     if base.dtype == "bfloat16" and not use_bf16 and info.is_main:
