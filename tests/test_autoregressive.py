@@ -218,3 +218,63 @@ def test_autoregressive_objective_needs_bos(tokens_dir, tmp_path):
     with pytest.raises(SmdimError, match="BOS"):
         train(BaseConfig(device="cpu"), build(ModelConfig, TINY_AR, "model"), DiffusionConfig(), cfg,
               TrainPaths(tokens, tmp_path / "models", tmp_path / "results"))
+
+
+def test_autoregressive_model_on_bpe_tokens(tokens_dir, tmp_path):
+    """Train on BPE ids, generate under the grammar through BPE, count bits per note through it."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from smdim.tokenization.bpe import encode_bpe, expand_ids, note_counts, train_bpe
+    from smdim.tokenization.tokenizer import load_tokenizer
+
+    tokens = tmp_path / "tokens"
+    tokens.mkdir()
+    tok = load_tokenizer(tokens_dir / "tokenizer.json")
+    table = pq.read_table(next(tokens_dir.glob("*.parquet")))
+    rows = table.to_pylist()
+    train_bpe(tok, [r["tokens"] for r in rows if r["split"] == "train"], 600)
+    encoded = encode_bpe(tok, [r["tokens"] for r in rows])
+    assert sum(map(len, encoded)) < 0.8 * sum(len(r["tokens"]) for r in rows)  # BPE compresses
+    tok.save(tokens / "tokenizer.json")
+    pq.write_table(table.set_column(table.schema.get_field_index("tokens"), "tokens",
+                                    pa_list(encoded)), tokens / "shard-00000.parquet")
+    cfg = TrainConfig(seq_len=64, batch_size=4, steps=10, warmup_steps=2, eval_every=10, eval_batches=1,
+                      checkpoint_every=10, log_every=5, num_threads=1, progress=False)
+    train(BaseConfig(seed=7, device="cpu"), build(ModelConfig, TINY_AR, "model"), DiffusionConfig(), cfg,
+          TrainPaths(tokens, tmp_path / "models", tmp_path / "results"))
+    metrics = json.loads((tmp_path / "results" / "metrics.json").read_text())
+    assert metrics["val_bits_per_note"] > metrics["val_bits_per_token"] > 0  # fewer notes than BPE ids
+    c = load_composer(str(tmp_path / "models" / "model.pt"))
+    assert len(c.tokenizer) == 600 and int(note_counts(c.tokenizer).sum()) > 0
+    [piece] = c.generate(1, 48, generator=torch.Generator().manual_seed(0), constraints=constraints_for(c, None, None))
+    base = expand_ids(c.tokenizer, piece.ids)
+    assert len(base) > 48  # generated ids are BPE merges
+    end = max(i for i, t in enumerate(base) if c.tokenizer[t].startswith("Duration_")) + 1
+    assert token_error_rate(c.tokenizer, piece.ids) <= 3 / len(base) and end > 3
+
+
+def pa_list(pieces):
+    import pyarrow as pa
+
+    return pa.array(pieces, pa.list_(pa.int32()))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (+ mamba_ssm for its step kernel)")
+def test_streaming_on_gpu_matches_the_cpu_stream():
+    """Mamba.step on CUDA (mamba_ssm's selective_state_update when installed) == our CPU step."""
+    model = causal_model(block="mfa", stride=1)
+    x = torch.randint(0, V, (2, 40), generator=torch.Generator().manual_seed(4))
+
+    def stream(m, ids):
+        state = StreamState()
+        with torch.no_grad():
+            return torch.stack([m.step(ids[:, i], state) for i in range(ids.shape[1])], dim=1).cpu()
+
+    cpu = stream(model, x)
+    gpu = stream(model.cuda(), x.cuda())
+    torch.testing.assert_close(gpu, cpu, rtol=2e-3, atol=2e-3)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x.cuda()).cpu(), cpu, rtol=2e-3, atol=2e-3)
