@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export MUSIC21_SCRATCH ?= /tmp/music21
 
-.PHONY: install repro test lint clean-venv prefect-up prefect-down prefect-run pull-repro ablations \
+.PHONY: install repro test lint clean-venv prefect-up prefect-down prefect-run pull-repro ablations objectives \
 	prefect-deploy prefect-worker prefect-server
 
 install: $(VENV)/.installed
@@ -38,6 +38,10 @@ pull-repro: install
 JOBS ?= 1
 ablations: install
 	$(BIN)/python -m flows.ablations --jobs $(JOBS) $(ARGS)
+
+# Diffusion vs autoregressive (plain REMI and BPE) at equal training time: make objectives ARGS='--budget-s 300'
+objectives: install
+	$(BIN)/python -m flows.objectives --bpe 1000 $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest

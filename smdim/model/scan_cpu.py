@@ -19,6 +19,7 @@ region the inputs are cast up, the scan runs in float32 and `out` comes back in 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import shutil
@@ -43,9 +44,14 @@ def _build_flags() -> tuple[str, list[str]]:
     # torch already loaded (same soname), so torch.set_num_threads sizes the kernel's threads too.
     # No -ffast-math: it folds the exp's rounding trick and the log1p correction (measured wrong).
     flags = ["-O3", "-fopenmp"]
+    name = "smdim_selective_scan"
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
-        return "smdim_selective_scan_avx2", flags + ["-mavx2", "-mfma"]
-    return "smdim_selective_scan", flags
+        name, flags = name + "_avx2", flags + ["-mavx2", "-mfma"]
+    # One build directory per (source file, torch install, flags): two clones or venvs sharing
+    # the cache would otherwise rebuild over each other's build on every alternate use (~40 s).
+    key = hashlib.sha256("\0".join([str(SOURCE.resolve()), torch.__file__, torch.__version__, *flags])
+                         .encode()).hexdigest()[:10]
+    return f"{name}_{key}", flags
 
 
 @functools.lru_cache(maxsize=1)
