@@ -26,7 +26,8 @@ def write_set(composer: Composer, cfg: SampleConfig, out: Path, subdir: str, n: 
         n, length, generator=generator, batch_size=cfg.batch_size, method=cfg.method, steps=cfg.steps,
         temperature=cfg.temperature, constraints=constraints_for(composer, cfg.pitch_range, cfg.max_polyphony, scale=cfg.scale,
                                     grammar=cfg.grammar),
-        unmask_schedule=cfg.unmask_schedule, confidence_noise=cfg.confidence_noise, progress=True,
+        unmask_schedule=cfg.unmask_schedule, confidence_noise=cfg.confidence_noise, confidence=cfg.confidence,
+        remask=cfg.remask, remask_eta=cfg.remask_eta, top_k=cfg.top_k, top_p=cfg.top_p, progress=True,
     )
     records = []
     for i, piece in enumerate(pieces):
