@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from smdim.errors import SmdimError, run_stage
-from smdim.sampling.config import METHODS, SampleConfig
+from smdim.sampling.config import CONFIDENCE_SCORES, METHODS, REMASK_STRATEGIES, SampleConfig
 
 # The sampling defaults are the `sample` section's (params.yaml equals these dataclass defaults).
 DEFAULTS = SampleConfig()
@@ -36,6 +36,14 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=DEFAULTS.steps, help="denoising steps (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=DEFAULTS.temperature,
                    help="softmax temperature, 0 = greedy (default: %(default)s)")
+    p.add_argument("--confidence", choices=CONFIDENCE_SCORES, default=DEFAULTS.confidence,
+                   help="confidence sampler: how it ranks masked slots (default: %(default)s)")
+    p.add_argument("--remask", choices=REMASK_STRATEGIES, default=DEFAULTS.remask,
+                   help="remdm sampler: remasking strategy (default: %(default)s)")
+    p.add_argument("--remask-eta", type=float, default=DEFAULTS.remask_eta,
+                   help="remdm sampler: remasking eta in [0, 1] (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=DEFAULTS.top_k, metavar="K", help="draw among the K most probable tokens")
+    p.add_argument("--top-p", type=float, default=DEFAULTS.top_p, metavar="P", help="nucleus sampling with mass P")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--pitch-range", type=int, nargs=2, metavar=("LO", "HI"), help="allowed MIDI pitches")
     p.add_argument("--max-polyphony", type=int, metavar="K", help="max notes starting together")
@@ -152,6 +160,11 @@ def _sampler_kw(args, composer, ban_prefixes=()) -> dict:
         "method": args.method,
         "steps": args.steps,
         "temperature": args.temperature,
+        "confidence": args.confidence,
+        "remask": args.remask,
+        "remask_eta": args.remask_eta,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
         "constraints": constraints_for(composer, args.pitch_range, args.max_polyphony, ban_prefixes,
                                        scale=args.scale, grammar=args.grammar),
     }

@@ -205,3 +205,16 @@ def test_cli_defaults_are_the_sample_sections():
     cfg = SampleConfig()
     assert (args.checkpoint, args.method, args.steps, args.temperature, args.tokens) == (
         cfg.checkpoint, cfg.method, cfg.steps, cfg.temperature, cfg.n_tokens)
+    assert (args.confidence, args.remask, args.remask_eta, args.top_k, args.top_p) == (
+        cfg.confidence, cfg.remask, cfg.remask_eta, cfg.top_k, cfg.top_p)
+
+
+def test_generate_with_the_literature_samplers(checkpoint, tmp_path, capsys):
+    base = ["generate", "--checkpoint", str(checkpoint), "--tokens", "64", "--steps", "8", "--seed", "3"]
+    for flags in (["--method", "remdm", "--remask", "conf", "--remask-eta", "0.1", "--top-p", "0.9"],
+                  ["--confidence", "margin", "--top-k", "5"]):
+        a, b = tmp_path / "a.mid", tmp_path / "b.mid"
+        main([*base, *flags, "--out", str(a)])
+        main([*base, *flags, "--out", str(b)])
+        assert a.read_bytes() == b.read_bytes()  # seeded
+    assert "top_p" in one_line_error([*base, "--top-p", "2", "--out", str(tmp_path / "x.mid")], capsys)

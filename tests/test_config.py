@@ -49,7 +49,7 @@ def test_params_yaml_equals_the_dataclass_defaults(section):
     (SampleConfig, "sample", {"bars": "sixteen"}, "sample.bars: input should be a valid integer.*got 'sixteen'"),
     (DownloadConfig, "download", {"local": {"path": 123}}, "download.local.path: input should be a valid string, got 123"),
     (DownloadConfig, "download", {"maestro": {"sha256": 1234}}, "download.maestro.sha256: input should be a valid string"),
-    (SampleConfig, "sample", {"method": "beam"}, "sample.method: input should be 'ancestral', 'cached' or 'confidence'"),
+    (SampleConfig, "sample", {"method": "beam"}, "sample.method: input should be 'ancestral', 'cached', 'confidence' or 'remdm'"),
     (TrainConfig, "train", {"lr": -1.0}, "train: lr=-1.0 must be > 0"),
     (TrainConfig, "train", {"setps": 3}, "train.setps: unknown parameter; did you mean 'steps'"),
     (DownloadConfig, "download", {"embedded": {"colections": []}}, "download.embedded.colections: unknown parameter; did you mean 'collections'"),

@@ -293,3 +293,159 @@ def test_scale_names():
         pitch_classes("H:major")
     with pytest.raises(ConfigError, match="sample: scale 'C:majr'"):
         build(SampleConfig, {"scale": "C:majr"}, "sample")
+
+
+# --- samplers and options from the literature: remasking, margin ordering, truncation ---
+
+# (method, options) pairs: each new sampler or option, run through the same checks as the old ones.
+VARIANTS = {
+    "remdm-cap": ("remdm", {"remask": "cap", "remask_eta": 0.3}),
+    "remdm-rescale": ("remdm", {"remask": "rescale", "remask_eta": 0.5}),
+    "remdm-conf": ("remdm", {"remask": "conf", "remask_eta": 0.3}),
+    "margin": ("confidence", {"confidence": "margin"}),
+    "entropy": ("confidence", {"confidence": "entropy"}),
+    "top-k": ("ancestral", {"top_k": 3}),
+    "top-p": ("confidence", {"top_p": 0.5}),
+    "remdm-top-p": ("remdm", {"top_p": 0.8, "remask_eta": 0.3}),
+}
+variant_ids = list(VARIANTS)
+
+
+@pytest.mark.parametrize("variant", variant_ids)
+def test_new_variants_keep_fixed_tokens_seeded_and_leave_no_mask(variant):
+    method, kw = VARIANTS[variant]
+    song = torch.randint(0, MASK, (50,), generator=gen(5)).tolist()
+    fixed = span_fixed(song, 10, 30, batch_size=2)
+    keep = fixed >= 0
+    runs = [sample(Toy(), 50, mask_id=MASK, steps=12, method=method, batch_size=2, generator=gen(s),
+                   fixed=fixed, **kw) for s in (1, 1, 2)]
+    for out in runs:
+        assert torch.equal(out[keep], fixed[keep]) and not (out == MASK).any()
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+
+
+@pytest.mark.parametrize("variant", variant_ids)
+def test_new_variants_follow_grammar_scale_and_polyphony_cap(remi, variant):
+    method, kw = VARIANTS[variant]
+    piano = lambda n: -1e4 if n.startswith(("PitchDrum", "TimeSig", "Tempo", "Program")) else 0.0  # noqa: E731
+    model, mask_id = remi_toy(remi, piano, seed=3), remi["MASK_None"]
+    names = ["Bar_None", "Position_0", "Pitch_60", "Velocity_63", "Duration_1.0.8"]
+    fixed = torch.full((160,), -1)
+    fixed[:5] = torch.tensor([remi[n] for n in names])
+    out = sample(model, 160, mask_id=mask_id, steps=16, method=method, batch_size=3, generator=gen(2),
+                 fixed=fixed, constraints=make_constraints(remi, scale="C:major"), **kw)
+    assert all(type_pairs_ok(remi, row) for row in out), [[remi[int(i)] for i in r[:12]] for r in out]
+    assert (out[:, :5] == fixed[:5]).all()
+    assert {p % 12 for p in pitches(remi, out.flatten())} <= {0, 2, 4, 5, 7, 9, 11}
+    # The polyphony cap on its own (with the grammar, its conservative segments can leave a slot that
+    # must be a Pitch only wildcards, in every sampler: checked here for the cap alone).
+    capped = sample(model, 160, mask_id=mask_id, steps=16, method=method, batch_size=3, generator=gen(2),
+                    fixed=fixed, constraints=make_constraints(remi, max_polyphony=2), **kw)
+    assert all(max_onset_polyphony(remi, row) <= 2 for row in capped)
+
+
+class Recorder(torch.nn.Module):
+    """Wraps a denoiser and keeps every input it sees (the sampler's state before each step)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.seen = inner, []
+
+    def forward(self, x, t=None, pad_mask=None):
+        self.seen.append(x.clone())
+        return self.inner(x, t, pad_mask)
+
+
+@pytest.mark.parametrize("strategy", ["cap", "rescale", "conf"])
+def test_remasking_redraws_free_tokens_and_never_fixed_ones(strategy):
+    model = Recorder(Toy())
+    fixed = prefix_fixed(list(range(10)), 60)
+    # One sequence: a step with nothing to unmask skips its call, so the states seen stay in order.
+    sample(model, 60, mask_id=MASK, steps=20, method="remdm", remask=strategy, remask_eta=0.5,
+           generator=gen(0), fixed=fixed)
+    states = torch.cat(model.seen)  # (calls, L)
+    assert (states[:, :10] == fixed[:, :10]).all()  # fixed tokens are never MASK, at any step
+    decoded_then_masked = (states[:-1] != MASK) & (states[1:] == MASK)
+    assert decoded_then_masked[:, 10:].any()  # free tokens really go back to MASK
+
+
+def test_remdm_without_remasking_is_the_ancestral_sampler():
+    ref = sample(Toy(), 64, mask_id=MASK, steps=16, method="ancestral", batch_size=3, generator=gen(4))
+    for strategy in ("cap", "rescale", "conf"):
+        out = sample(Toy(), 64, mask_id=MASK, steps=16, method="remdm", remask=strategy, remask_eta=0.0,
+                     batch_size=3, generator=gen(4))
+        assert torch.equal(out, ref)
+
+
+def test_remdm_keeps_the_schedules_masked_share():
+    # ReMDM's unmask rate compensates the remasking: a share m(t) of slots is masked at time t.
+    model = Recorder(Toy(max_len=4000))
+    sample(model, 4000, mask_id=MASK, steps=4, method="remdm", remask="cap", remask_eta=0.2, generator=gen(0))
+    for x, k in zip(model.seen, (4, 3, 2, 1), strict=True):
+        assert (x == MASK).float().mean().item() == pytest.approx(k / 4, abs=0.025)
+
+
+def test_remasked_onsets_keep_the_polyphony_cap(remi):
+    # A remasked Position between two full onsets would merge them over the cap: it must stay.
+    c = make_constraints(remi, max_polyphony=2, grammar=False)
+    chordy = lambda n: 4.0 if n.startswith("Pitch_") else (3.0 if n.startswith(("Position_", "Bar_")) else 0.0)  # noqa: E731
+    model, mask_id = remi_toy(remi, chordy, seed=1), remi["MASK_None"]
+    for seed in range(3):
+        out = sample(model, 200, mask_id=mask_id, steps=24, method="remdm", remask_eta=0.5, batch_size=2,
+                     generator=gen(seed), constraints=c)
+        assert all(max_onset_polyphony(remi, row) <= 2 for row in out)
+
+
+def test_margin_ranks_by_the_gap_between_the_two_best_tokens():
+    from smdim.sampling.samplers import _confidence_score
+
+    # Slot 0: a clear winner at a low probability; slot 1: two tied favourites at a higher one.
+    probs = torch.tensor([[[0.40, 0.10, 0.10, 0.10, 0.10, 0.10, 0.10], [0.45, 0.45, 0.10, 0, 0, 0, 0]]])
+    logits = probs.log()
+    drawn = torch.tensor([[0, 0]])
+    logprob, margin = (_confidence_score(logits, drawn, s)[0] for s in ("logprob", "margin"))
+    assert logprob[1] > logprob[0] and margin[0] > margin[1]
+    assert margin.tolist() == pytest.approx([0.30, 0.0], abs=1e-6)
+
+
+def test_truncation_keeps_the_top_k_and_the_nucleus():
+    from smdim.sampling.truncation import truncate
+
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    kept = lambda out: torch.isfinite(out[0]).nonzero().squeeze(1).tolist()  # noqa: E731
+    assert kept(truncate(logits, top_k=2)) == [0, 1]
+    assert kept(truncate(logits, top_p=0.8)) == [0, 1]  # 0.5 + 0.3 reaches 0.8
+    assert kept(truncate(logits, top_p=0.81)) == [0, 1, 2]
+    assert kept(truncate(logits, top_p=0.1)) == [0]  # the best token always survives
+    constrained = logits.clone()
+    constrained[0, 0] = float("-inf")  # truncation after the constraints: never revives a banned token
+    assert kept(truncate(constrained, top_k=1)) == [1]
+    # In a sampler whose order does not depend on the draws, top-1 draws are greedy draws.
+    top1 = sample(Toy(), 64, mask_id=MASK, steps=8, method="confidence", generator=gen(0), top_k=1, batch_size=2)
+    greedy = sample(Toy(), 64, mask_id=MASK, steps=8, method="confidence", generator=gen(9), temperature=0.0,
+                    batch_size=2)
+    assert torch.equal(top1, greedy)
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"confidence": "gap"}, "confidence 'gap' is unknown"),
+    ({"remask": "loop"}, "remask strategy 'loop' is unknown"),
+    ({"remask_eta": 1.5}, "remask_eta must be in"),
+    ({"top_k": 0}, "top_k must be >= 1"),
+    ({"top_p": 0.0}, "top_p in"),
+])
+def test_bad_new_options_are_one_line_errors(kw, message):
+    with pytest.raises(SmdimError, match=message):
+        sample(Toy(), 8, mask_id=MASK, steps=2, **kw)
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"top_k": 0}, "sample: top_k must be >= 1"),
+    ({"top_p": 1.5}, r"sample: top_p must be in \(0, 1\]"),
+    ({"remask_eta": -0.1}, r"sample: remask_eta must be in \[0, 1\]"),
+    ({"confidence": "gap"}, "sample.confidence: input should be 'logprob', 'margin' or 'entropy'"),
+    ({"remask": "loop"}, "sample.remask: input should be 'cap', 'rescale' or 'conf'"),
+])
+def test_sample_config_new_option_errors(data, message):
+    with pytest.raises(ConfigError, match=message):
+        build(SampleConfig, data, "sample")

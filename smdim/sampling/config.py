@@ -8,10 +8,14 @@ from typing import Literal, get_args
 from smdim.errors import SmdimError
 from smdim.sampling.scales import pitch_classes
 
-SamplerMethod = Literal["ancestral", "cached", "confidence"]  # see smdim/sampling/samplers.py
+SamplerMethod = Literal["ancestral", "cached", "confidence", "remdm"]  # see smdim/sampling/samplers.py
 UnmaskSchedule = Literal["cosine", "linear"]
+ConfidenceScore = Literal["logprob", "margin", "entropy"]  # how the confidence sampler ranks masked slots
+RemaskStrategy = Literal["cap", "rescale", "conf"]  # ReMDM's sigma_t, see smdim/sampling/remdm.py
 METHODS: tuple[str, ...] = get_args(SamplerMethod)
 UNMASK_SCHEDULES: tuple[str, ...] = get_args(UnmaskSchedule)
+CONFIDENCE_SCORES: tuple[str, ...] = get_args(ConfidenceScore)
+REMASK_STRATEGIES: tuple[str, ...] = get_args(RemaskStrategy)
 
 
 @dataclass(frozen=True)
@@ -23,9 +27,16 @@ class SampleConfig:
     bars: int | None = None  # then keep only the first `bars` bars of each piece (null = keep all)
     method: SamplerMethod = "confidence"  # reverse process, see smdim/sampling
     steps: int = 32  # denoising steps S per piece (any S >= 1; the training T is the upper useful limit)
-    temperature: float = 1.0  # softmax temperature of the token draws (0 = greedy)
+    temperature: float = 0.8  # softmax temperature of the token draws (0 = greedy; see docs/sampling_study.md)
     unmask_schedule: UnmaskSchedule = "cosine"  # confidence method: masked share per step
     confidence_noise: float = 0.0  # confidence method: Gumbel noise scale on confidences (annealed to 0)
+    confidence: ConfidenceScore = "logprob"  # confidence method: rank slots by the drawn token's log-prob,
+    # the top-2 probability margin (Kim et al. 2025) or minus the entropy
+    remask: RemaskStrategy = "cap"  # remdm method: sigma_t = min(eta, sigma_max) | eta * sigma_max | cap
+    # spread over decoded tokens by low confidence
+    remask_eta: float = 0.02  # remdm method: eta in [0, 1] (0 = no remasking, the ancestral sampler)
+    top_k: int | None = None  # draw only among the k most probable allowed tokens (null = off)
+    top_p: float | None = None  # nucleus: draw only from the smallest set with probability >= top_p (null = off)
     pitch_range: list[int] | None = None  # [lo, hi] MIDI pitches allowed (inclusive); null = any
     max_polyphony: int | None = None  # max notes starting at one REMI position; null = no cap
     scale: str | None = None  # only pitches of this scale, e.g. C:major, D:dorian, C:pentatonic; null = any
@@ -44,6 +55,12 @@ class SampleConfig:
             raise ValueError(f"bars must be >= 1 or null, got {self.bars}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or null, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] or null, got {self.top_p}")
+        if not 0 <= self.remask_eta <= 1:
+            raise ValueError(f"remask_eta must be in [0, 1], got {self.remask_eta}")
         if self.pitch_range is not None and (len(self.pitch_range) != 2 or self.pitch_range[0] > self.pitch_range[1]):
             raise ValueError(f"pitch_range must be [lo, hi] with lo <= hi, got {self.pitch_range}")
         if self.scale is not None:

@@ -85,6 +85,14 @@ class Constraints:
         seg, counts = self._segment_pitch_counts(x, known)
         return ~known & (counts.gather(1, seg) >= self.max_polyphony)
 
+    def over_cap(self, x: Tensor, known: Tensor) -> Tensor:
+        """(B, L) bool: slots whose segment holds more than max_polyphony known pitches (a remasked
+        Bar/Position merges two segments: the remasking sampler keeps those that would overfill)."""
+        if self.max_polyphony is None:
+            return torch.zeros_like(known)
+        seg, counts = self._segment_pitch_counts(x, known)
+        return counts.gather(1, seg) > self.max_polyphony
+
     def apply(self, logits: Tensor, x: Tensor, known: Tensor) -> Tensor:
         """Logits (B, L, V) with disallowed tokens set to -inf, given the current x (B, L)."""
         logits = logits.masked_fill(self.banned, float("-inf"))

@@ -11,8 +11,15 @@ Methods (all draw tokens from the denoiser's x0 prediction with MASK excluded; f
   denoiser and saves the same calls. With the same generator it returns exactly the ancestral
   tokens (up to batch-size-dependent float rounding in the network).
 - "confidence": MaskGIT. At step k the number of masked slots left follows a cosine (or linear)
-  schedule; the slots whose sampled token is most probable are unmasked, optionally with annealed
-  Gumbel noise on the confidences (`confidence_noise`).
+  schedule; the most confident slots are unmasked, optionally with annealed Gumbel noise on the
+  confidences (`confidence_noise`). Confidence (`confidence`): "logprob" of the sampled token
+  (MaskGIT), "margin" between the two most probable tokens (top-k margin, Kim et al. 2025: a slot
+  torn between two tokens waits for more context) or "entropy" (minus the entropy of the slot).
+- "remdm": the ancestral sampler with remasking (ReMDM, Wang et al. 2025), smdim/sampling/remdm.py:
+  decoded tokens go back to MASK with probability sigma_t, so early errors can be redrawn.
+
+Every sampler draws from the constrained distribution, truncated to `top_k` / `top_p` if set
+(smdim.sampling.truncation).
 """
 
 from __future__ import annotations
@@ -28,8 +35,10 @@ from tqdm.auto import tqdm
 from smdim.diffusion.config import DiffusionConfig
 from smdim.diffusion.schedule import make_schedule
 from smdim.errors import SmdimError
-from smdim.sampling.config import METHODS, UNMASK_SCHEDULES
+from smdim.sampling.config import CONFIDENCE_SCORES, METHODS, REMASK_STRATEGIES, UNMASK_SCHEDULES
 from smdim.sampling.constraints import Constraints
+from smdim.sampling.remdm import remdm
+from smdim.sampling.truncation import truncate
 
 
 def sample(denoiser, length: int, **kw: Any) -> Tensor:
@@ -54,13 +63,20 @@ def sample_with_stats(
     schedule=None,
     unmask_schedule: str = "cosine",
     confidence_noise: float = 0.0,
+    confidence: str = "logprob",
+    remask: str = "cap",
+    remask_eta: float = 0.02,
+    top_k: int | None = None,
+    top_p: float | None = None,
 ) -> tuple[Tensor, dict[str, int]]:
     """Generate tokens and count network calls: returns ((B, length), {"network_calls", "steps"}).
 
     denoiser(x (B, L), t (B,), pad_mask=None) -> logits (B, L, V). steps: S >= 1 (may be far
     below the training T). temperature: softmax temperature (0 = greedy). fixed: (B, L) or (L,)
     ids to keep, -1 = free. constraints: smdim.sampling.constraints.Constraints. schedule: the
-    training schedule (default linear). unmask_schedule / confidence_noise: "confidence" only.
+    training schedule (default linear). unmask_schedule / confidence_noise / confidence:
+    "confidence" only. remask / remask_eta: "remdm" only. top_k / top_p: truncation of every draw
+    (None = off).
     """
     if method not in METHODS:
         raise SmdimError(f"sampling method {method!r} is unknown; use one of {', '.join(METHODS)}")
@@ -70,13 +86,24 @@ def sample_with_stats(
         raise SmdimError(f"temperature must be >= 0, got {temperature}")
     if unmask_schedule not in UNMASK_SCHEDULES:
         raise SmdimError(f"unmask schedule {unmask_schedule!r} is unknown; use cosine or linear")
+    if confidence not in CONFIDENCE_SCORES:
+        raise SmdimError(f"confidence {confidence!r} is unknown; use one of {', '.join(CONFIDENCE_SCORES)}")
+    if remask not in REMASK_STRATEGIES:
+        raise SmdimError(f"remask strategy {remask!r} is unknown; use one of {', '.join(REMASK_STRATEGIES)}")
+    if not 0 <= remask_eta <= 1:
+        raise SmdimError(f"remask_eta must be in [0, 1], got {remask_eta}")
+    if (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
+        raise SmdimError(f"top_k must be >= 1 and top_p in (0, 1] (got {top_k}, {top_p})")
     schedule = schedule or make_schedule(DiffusionConfig(schedule="linear"))
     device = _device(denoiser)
     x = _initial(length, batch_size, fixed, mask_id, device)
-    ctx = _Step(denoiser, mask_id, temperature, generator, constraints.to(device) if constraints else None)
+    ctx = _Step(denoiser, mask_id, temperature, generator, constraints.to(device) if constraints else None,
+                top_k, top_p)
     with _eval_mode(denoiser), torch.no_grad():
         if method == "confidence":
-            x = _confidence(ctx, x, steps, schedule, unmask_schedule, confidence_noise, progress)
+            x = _confidence(ctx, x, steps, schedule, unmask_schedule, confidence_noise, confidence, progress)
+        elif method == "remdm":
+            x = remdm(ctx, x, steps, schedule, strategy=remask, eta=remask_eta, progress=progress)
         else:
             x = _ancestral(ctx, x, steps, schedule, skip_idle=method == "cached", progress=progress)
     if (x == mask_id).any():  # the last step unmasks everything: this is a bug, not bad input
@@ -87,9 +114,11 @@ def sample_with_stats(
 class _Step:
     """Shared per-step work: call the network, restrict logits, draw and repair tokens."""
 
-    def __init__(self, denoiser, mask_id: int, temperature: float, generator, constraints):
+    def __init__(self, denoiser, mask_id: int, temperature: float, generator, constraints,
+                 top_k: int | None = None, top_p: float | None = None):
         self.denoiser, self.mask_id, self.temperature = denoiser, mask_id, temperature
         self.generator, self.constraints, self.calls = generator, constraints, 0
+        self.top_k, self.top_p = top_k, top_p
 
     def logits(self, x: Tensor, t: Tensor) -> Tensor:
         """Network logits (B, L, V) with MASK and constrained tokens at -inf, as float32."""
@@ -103,10 +132,10 @@ class _Step:
         return logits
 
     def draw(self, logits: Tensor) -> Tensor:
-        """One token per row of logits (N, V) at the sampling temperature."""
+        """One token per row of logits (N, V) at the sampling temperature, top-k / top-p truncated."""
         if self.temperature == 0:
             return logits.argmax(-1)
-        probs = torch.softmax(logits / self.temperature, dim=-1)
+        probs = torch.softmax(truncate(logits / self.temperature, self.top_k, self.top_p), dim=-1)
         return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
 
     def fill(self, x: Tensor, sel: Tensor, logits: Tensor, tokens: Tensor | None = None) -> Tensor:
@@ -167,7 +196,7 @@ def _ancestral(ctx: _Step, x: Tensor, steps: int, schedule, *, skip_idle: bool, 
 
 
 def _confidence(
-    ctx: _Step, x: Tensor, steps: int, schedule, unmask_schedule: str, noise: float, progress: bool
+    ctx: _Step, x: Tensor, steps: int, schedule, unmask_schedule: str, noise: float, score: str, progress: bool
 ) -> Tensor:
     n_free = (x == ctx.mask_id).sum(1)  # (B,)
     for k in tqdm(range(1, steps + 1), desc="sampling", disable=not progress, leave=False):
@@ -183,8 +212,7 @@ def _confidence(
         logits = ctx.logits(x, t)  # (B, L, V)
         tokens = torch.full_like(x, ctx.mask_id)
         tokens[masked] = ctx.draw(logits[masked])
-        # Confidence = model log-probability of the drawn token (untempered, so greedy still ranks).
-        conf = torch.log_softmax(logits, dim=-1).gather(-1, tokens[..., None]).squeeze(-1)  # (B, L)
+        conf = _confidence_score(logits, tokens, score)  # (B, L)
         if noise > 0:
             u = torch.rand(x.shape, generator=ctx.generator, device=x.device).clamp(1e-10, 1 - 1e-10)
             conf = conf + noise * (1.0 - r) * -torch.log(-torch.log(u))
@@ -194,6 +222,19 @@ def _confidence(
         sel = masked & (rank < n_unmask[:, None])
         x = ctx.fill(x, sel, logits, tokens)
     return x
+
+
+def _confidence_score(logits: Tensor, tokens: Tensor, score: str) -> Tensor:
+    """(B, L) confidence of each slot from its constrained logits (B, L, V), untempered (so greedy
+    still ranks): log-prob of the drawn token, top-2 margin, or minus the entropy."""
+    logp = torch.log_softmax(logits, dim=-1)  # (B, L, V); MASK and banned tokens: -inf
+    if score == "logprob":
+        return logp.gather(-1, tokens[..., None]).squeeze(-1)
+    if score == "margin":
+        top2 = logp.topk(2, dim=-1).values.exp()  # (B, L, 2); a slot with one allowed token: margin 1
+        return top2[..., 0] - top2[..., 1]
+    p = logp.exp()
+    return (p * logp.masked_fill(p == 0, 0.0)).sum(-1)  # -H; 0 * -inf counts as 0
 
 
 def _device(denoiser) -> torch.device:

@@ -50,7 +50,8 @@ def sampler_kwargs(composer: Composer, cfg: SampleConfig) -> dict:
         method=cfg.method, steps=cfg.steps, temperature=cfg.temperature,
         constraints=constraints_for(composer, cfg.pitch_range, cfg.max_polyphony, scale=cfg.scale,
                                     grammar=cfg.grammar),
-        unmask_schedule=cfg.unmask_schedule, confidence_noise=cfg.confidence_noise,
+        unmask_schedule=cfg.unmask_schedule, confidence_noise=cfg.confidence_noise, confidence=cfg.confidence,
+        remask=cfg.remask, remask_eta=cfg.remask_eta, top_k=cfg.top_k, top_p=cfg.top_p,
     )
 
 
