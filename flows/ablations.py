@@ -131,17 +131,23 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def sweep_arguments(ap: argparse.ArgumentParser, out: str, prefix: str) -> None:
+    """The options every experiment sweep takes: jobs, overrides, target stage, paths, names."""
+    ap.add_argument("--jobs", "-j", type=int, default=1,
+                    help="experiments at once (default: 1; more skews timings on a small machine)")
+    ap.add_argument("--set", "-S", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="extra params.yaml override for every experiment, e.g. -S train.steps=1000")
+    ap.add_argument("--target", default="evaluate", help="last stage each experiment runs (default: evaluate)")
+    ap.add_argument("--project-dir", type=Path, default=Path("."))
+    ap.add_argument("--out", type=Path, default=Path(out))
+    ap.add_argument("--prefix", default=f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}",
+                    help="experiment names are <prefix>-<arm>")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m flows.ablations", description=__doc__.splitlines()[0])
     ap.add_argument("--blocks", nargs="+", default=list(BLOCK_TYPES), choices=BLOCK_TYPES)
-    ap.add_argument("--jobs", "-j", type=int, default=1, help="experiments at once (default: 1)")
-    ap.add_argument("--set", "-S", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="extra params.yaml override for every block, e.g. -S train.steps=1000")
-    ap.add_argument("--target", default="evaluate", help="last stage each experiment runs (default: evaluate)")
-    ap.add_argument("--project-dir", type=Path, default=Path("."))
-    ap.add_argument("--out", type=Path, default=Path("results/ablations"))
-    ap.add_argument("--prefix", default=f"abl-{time.strftime('%Y%m%d-%H%M%S')}",
-                    help="experiment names are <prefix>-<block>")
+    sweep_arguments(ap, "results/ablations", "abl")
     args = ap.parse_args(argv)
     overrides = parse_overrides(args.set)
     project = args.project_dir.resolve()

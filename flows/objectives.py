@@ -25,7 +25,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless
 import matplotlib.pyplot as plt  # noqa: E402
 
-from flows.ablations import experiment_metrics, parse_overrides, queue_and_run  # noqa: E402
+from flows.ablations import experiment_metrics, parse_overrides, queue_and_run, sweep_arguments  # noqa: E402
 from smdim.config import build, load_params  # noqa: E402
 from smdim.errors import run_stage  # noqa: E402
 from smdim.io import atomic_path, write_text  # noqa: E402
@@ -144,13 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--budget-s", type=float, default=120.0, help="training seconds per arm (default: %(default)s)")
     ap.add_argument("--bpe", type=int, default=None, metavar="N", help="also run every arm with tokenize.bpe_vocab=N")
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    ap.add_argument("--jobs", "-j", type=int, default=1, help="experiments at once (default: 1; >1 skews equal time)")
-    ap.add_argument("--set", "-S", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="extra params.yaml override for every arm")
-    ap.add_argument("--target", default="evaluate", help="last stage each experiment runs (default: evaluate)")
-    ap.add_argument("--project-dir", type=Path, default=Path("."))
-    ap.add_argument("--out", type=Path, default=Path("results/objectives"))
-    ap.add_argument("--prefix", default=f"obj-{time.strftime('%Y%m%d-%H%M%S')}")
+    sweep_arguments(ap, "results/objectives", "obj")
     args = ap.parse_args(argv)
     overrides = parse_overrides(args.set)
     project = args.project_dir.resolve()
