@@ -96,15 +96,19 @@ def markdown(rows: list[dict[str, Any]], overrides: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ci_error_bars(values: list[float], cis: list[list[float] | None]) -> list[list[float]]:
+    """matplotlib yerr ([below], [above]) of each value's [lo, hi] interval (None = no bar)."""
+    cis = [c or [v, v] for v, c in zip(values, cis, strict=True)]
+    return [[max(v - c[0], 0) for v, c in zip(values, cis, strict=True)],
+            [max(c[1] - v, 0) for v, c in zip(values, cis, strict=True)]]
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """OA average (with CI bars) and validation loss per block."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     xs = range(len(rows))
     oa = [r["headline"] or 0.0 for r in rows]
-    ci = [r["headline_ci"] or [o, o] for o, r in zip(oa, rows, strict=True)]
-    err = [[max(o - c[0], 0) for o, c in zip(oa, ci, strict=True)],
-           [max(c[1] - o, 0) for o, c in zip(oa, ci, strict=True)]]
-    ax1.bar(xs, oa, yerr=err, capsize=4, color="tab:blue")
+    ax1.bar(xs, oa, yerr=ci_error_bars(oa, [r["headline_ci"] for r in rows]), capsize=4, color="tab:blue")
     ax1.set_ylabel("OA headline (95% CI)")
     ax2.bar(xs, [r["val_loss"] or 0.0 for r in rows], color="tab:orange")
     ax2.set_ylabel("validation loss")

@@ -25,7 +25,13 @@ import matplotlib
 matplotlib.use("Agg")  # headless
 import matplotlib.pyplot as plt  # noqa: E402
 
-from flows.ablations import experiment_metrics, parse_overrides, queue_and_run, sweep_arguments  # noqa: E402
+from flows.ablations import (  # noqa: E402
+    ci_error_bars,
+    experiment_metrics,
+    parse_overrides,
+    queue_and_run,
+    sweep_arguments,
+)
 from smdim.config import build, load_params  # noqa: E402
 from smdim.errors import run_stage  # noqa: E402
 from smdim.io import atomic_path, write_text  # noqa: E402
@@ -83,12 +89,17 @@ def row(arm: str, name: str, m: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _spans(rows: list[dict[str, Any]]) -> list[str]:
+    """The generation-cost columns ("16_bars", "64_bars", ...) in order of length."""
+    return sorted({k for r in rows for k in r["generate"]}, key=lambda k: int(k.split("_")[0]))
+
+
 def markdown(rows: list[dict[str, Any]], budget_s: float, overrides: dict[str, Any]) -> str:
     """The comparison table."""
     def f(v: Any, spec: str) -> str:
         return "n/a" if v is None else format(v, spec)
 
-    spans = sorted({k for r in rows for k in r["generate"]}, key=lambda k: int(k.split("_")[0]))
+    spans = _spans(rows)
     head = "| arm | steps | train s | val bits/note | OA average | 95% CI | token errors | usable |"
     sep = "|---|---:|---:|---:|---:|---|---:|---:|"
     for k in spans:
@@ -117,13 +128,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     xs = list(range(len(rows)))
     oa = [r["oa_average"] or 0.0 for r in rows]
-    ci = [r["oa_ci"] or [o, o] for o, r in zip(oa, rows, strict=True)]
-    err = [[max(o - c[0], 0) for o, c in zip(oa, ci, strict=True)], [max(c[1] - o, 0) for o, c in zip(oa, ci, strict=True)]]
-    axes[0].bar(xs, oa, yerr=err, capsize=4, color="tab:blue")
+    axes[0].bar(xs, oa, yerr=ci_error_bars(oa, [r["oa_ci"] for r in rows]), capsize=4, color="tab:blue")
     axes[0].set_ylabel("OA average (95% CI)")
     axes[1].bar(xs, [r["val_bits_per_note"] or 0.0 for r in rows], color="tab:orange")
     axes[1].set_ylabel("validation bits per note")
-    spans = sorted({k for r in rows for k in r["generate"]}, key=lambda k: int(k.split("_")[0]))
+    spans = _spans(rows)
     width = 0.8 / max(len(spans), 1)
     for j, k in enumerate(spans):
         axes[2].bar([x + j * width for x in xs], [r["generate"].get(k, {}).get("seconds") or 0.0 for r in rows],

@@ -258,9 +258,9 @@ def _train_in_process(tokens_dir: Path, root: Path, **train_overrides):
 
 
 def test_nan_loss_stops_with_one_line_error(tokens_dir, tmp_path, monkeypatch):
-    import smdim.training.loop as loop_mod
+    import smdim.training.objective as objective_mod
 
-    real, calls = loop_mod.diffusion_loss, []
+    real, calls = objective_mod.diffusion_loss, []
 
     def poisoned(*args, **kwargs):
         loss, stats = real(*args, **kwargs)
@@ -268,7 +268,7 @@ def test_nan_loss_stops_with_one_line_error(tokens_dir, tmp_path, monkeypatch):
         return (loss * float("nan") if len(calls) == 3 else loss), stats
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(loop_mod, "diffusion_loss", poisoned)
+    monkeypatch.setattr(objective_mod, "diffusion_loss", poisoned)
     with pytest.raises(SmdimError) as e:
         _train_in_process(tokens_dir, tmp_path, steps=6)
     msg = str(e.value)

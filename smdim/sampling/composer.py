@@ -9,6 +9,7 @@ nothing of checkpoints or tokenizers; this module is the glue.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -59,10 +60,11 @@ class Composer:
         """True for an autoregressive model (streaming generation), False for a denoiser."""
         return bool(self.model.cfg.causal)
 
-    @property
+    @functools.cached_property
     def bar_ids(self) -> frozenset[int]:
         """Ids that start a bar: the Bar token, and with BPE every merged token that begins with it
-        (a BPE token never holds a Bar elsewhere, so counting these ids counts bars)."""
+        (a BPE token never holds a Bar elsewhere, so counting these ids counts bars). Built once:
+        the sample stage asks for it twice per piece, and it walks the whole vocabulary."""
         return bar_start_ids(self.tokenizer)
 
     def generate(

@@ -38,7 +38,7 @@ from smdim.errors import SmdimError
 from smdim.sampling.config import CONFIDENCE_SCORES, METHODS, REMASK_STRATEGIES, UNMASK_SCHEDULES
 from smdim.sampling.constraints import Constraints
 from smdim.sampling.remdm import remdm
-from smdim.sampling.truncation import truncate
+from smdim.sampling.truncation import draw_tokens
 
 
 def sample(denoiser, length: int, **kw: Any) -> Tensor:
@@ -96,7 +96,7 @@ def sample_with_stats(
         raise SmdimError(f"top_k must be >= 1 and top_p in (0, 1] (got {top_k}, {top_p})")
     schedule = schedule or make_schedule(DiffusionConfig(schedule="linear"))
     device = _device(denoiser)
-    x = _initial(length, batch_size, fixed, mask_id, device)
+    x = initial_tokens(length, batch_size, fixed, mask_id, device)
     ctx = _Step(denoiser, mask_id, temperature, generator, constraints.to(device) if constraints else None,
                 top_k, top_p)
     with _eval_mode(denoiser), torch.no_grad():
@@ -133,10 +133,7 @@ class _Step:
 
     def draw(self, logits: Tensor) -> Tensor:
         """One token per row of logits (N, V) at the sampling temperature, top-k / top-p truncated."""
-        if self.temperature == 0:
-            return logits.argmax(-1)
-        probs = torch.softmax(truncate(logits / self.temperature, self.top_k, self.top_p), dim=-1)
-        return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
+        return draw_tokens(logits, self.temperature, self.generator, self.top_k, self.top_p)
 
     def fill(self, x: Tensor, sel: Tensor, logits: Tensor, tokens: Tensor | None = None) -> Tensor:
         """x (B, L) with slots `sel` set to drawn tokens (or `tokens` (B, L)), polyphony repaired."""
@@ -245,7 +242,7 @@ def _device(denoiser) -> torch.device:
     return torch.device("cpu")
 
 
-def _initial(length: int, batch_size: int, fixed: Tensor | None, mask_id: int, device) -> Tensor:
+def initial_tokens(length: int, batch_size: int, fixed: Tensor | None, mask_id: int, device) -> Tensor:
     """All-MASK (B, L), with fixed tokens written in."""
     x = torch.full((batch_size, length), mask_id, dtype=torch.long, device=device)
     if fixed is None:

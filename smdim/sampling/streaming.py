@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 from smdim.errors import SmdimError
 from smdim.model.denoiser import StreamState
 from smdim.sampling.constraints import Constraints
-from smdim.sampling.truncation import truncate
+from smdim.sampling.samplers import initial_tokens
+from smdim.sampling.truncation import draw_tokens
 
 
 def generate_autoregressive(
@@ -41,7 +42,7 @@ def generate_autoregressive(
     if temperature < 0:
         raise SmdimError(f"temperature must be >= 0, got {temperature}")
     device = next(model.parameters()).device
-    keep = _fixed(fixed, batch_size, length, mask_id, device)  # (B, L), -1 = free
+    keep = initial_tokens(length, batch_size, fixed, mask_id, device)  # (B, L): fixed ids, MASK = free
     x = torch.full((batch_size, length), mask_id, dtype=torch.long, device=device)
     c = constraints.to(device) if constraints is not None else None
     state = StreamState()
@@ -52,7 +53,7 @@ def generate_autoregressive(
     with torch.no_grad():
         for i in tqdm(range(length), desc="generating", disable=not progress, leave=False):
             logits = model.step(token, state).float()  # (B, V): the distribution of token i
-            free = keep[:, i] < 0
+            free = keep[:, i] == mask_id
             if free.any():
                 drawn = _draw(logits, x, i, boundary, c, mask_id, temperature, top_k, top_p, generator)
                 token = torch.where(free, drawn, keep[:, i])
@@ -78,19 +79,5 @@ def _draw(logits: Tensor, x: Tensor, i: int, boundary: Tensor, c: Constraints | 
         full = logits.new_zeros(window.shape[0], window.shape[1], logits.shape[-1])
         full[:, -1] = logits
         logits = c.apply(full, window, window != mask_id)[:, -1]
-    if temperature == 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(truncate(logits / temperature, top_k, top_p), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return draw_tokens(logits, temperature, generator, top_k, top_p)
 
-
-def _fixed(fixed: Tensor | None, batch_size: int, length: int, mask_id: int, device) -> Tensor:
-    if fixed is None:
-        return torch.full((batch_size, length), -1, dtype=torch.long, device=device)
-    fixed = torch.as_tensor(fixed, dtype=torch.long, device=device)
-    fixed = fixed[None] if fixed.dim() == 1 else fixed
-    if fixed.shape[-1] != length or fixed.shape[0] not in (1, batch_size):
-        raise SmdimError(f"fixed has shape {tuple(fixed.shape)}; expected ({batch_size}, {length})")
-    if (fixed == mask_id).any():
-        raise SmdimError("fixed tokens contain MASK; mark free slots with -1 instead")
-    return fixed.expand(batch_size, length)

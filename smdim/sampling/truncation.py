@@ -1,4 +1,6 @@
-"""Top-k and top-p (nucleus) truncation of token distributions, as logit masks.
+"""Drawing one token per slot: temperature, top-k and top-p (nucleus) truncation as logit masks.
+
+Shared by the diffusion samplers and streaming generation, so both draw the same way.
 
 Applied after the constraints, so the kept tokens are the most probable *allowed* ones; the most
 probable allowed token always survives, so a slot never ends up with nothing to draw.
@@ -23,3 +25,13 @@ def truncate(logits: Tensor, top_k: int | None = None, top_p: float | None = Non
         drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
+
+
+def draw_tokens(logits: Tensor, temperature: float, generator: torch.Generator | None,
+                top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """One token per row of logits (N, V): argmax at temperature 0, else a draw from
+    softmax(logits / temperature) truncated to top_k / top_p."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(truncate(logits / temperature, top_k, top_p), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from smdim.autoregressive.loss import next_token_nll, shifted_input
+from smdim.diffusion.loss import masked_loss
 from smdim.diffusion.masking import mask_tokens
 from smdim.diffusion.schedule import Schedule
 
@@ -90,10 +91,10 @@ def _elbo_nats(model, x0: Tensor, pad_mask: Tensor, schedule: Schedule, mask_id:
         k = (((d + u) / draws) * schedule.T).floor().clamp(0, schedule.T - 1) + 1  # 1..T
         t = k / schedule.T  # (b,)
         x_t, masked = mask_tokens(x0, t, mask_id, schedule, generator=gen, pad_mask=pad_mask)
-        logits = model(x_t, t, pad_mask=pad_mask).float()
-        logits = logits.index_fill(-1, torch.tensor([mask_id], device=x0.device), float("-inf"))
-        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x0, reduction="none")  # (b, L)
-        total += float((schedule.loss_weight(t)[:, None] * ce * masked).sum())
+        # The training loss's weighted masked CE, summed (n_real = 1) rather than averaged.
+        nats, _ = masked_loss(model(x_t, t, pad_mask=pad_mask), x0, masked, schedule.loss_weight(t), mask_id,
+                              torch.tensor(1))
+        total += float(nats)
     return total / draws
 
 

@@ -22,10 +22,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from smdim.autoregressive.loss import autoregressive_loss
 from smdim.config import to_dict
 from smdim.diffusion.config import DiffusionConfig
-from smdim.diffusion.loss import diffusion_loss
 from smdim.errors import SmdimError
 from smdim.model.checkpoint import save_checkpoint
 from smdim.model.config import ModelConfig
@@ -35,6 +33,7 @@ from smdim.training.crops import Batch, load_pieces
 from smdim.training.distributed import all_mean, barrier, init_distributed, shutdown
 from smdim.training.likelihood import validation_likelihood
 from smdim.training.live import log_metrics
+from smdim.training.objective import objective_loss
 from smdim.training.resume import rng_state, save_state
 from smdim.training.run import (
     Run,
@@ -245,14 +244,8 @@ def _loss(run: Run, net: torch.nn.Module, batch: Batch, gen: torch.Generator) ->
     """The objective's loss in nats per real token (diffusion: an upper bound; autoregressive: exact)."""
     x0 = batch.tokens.to(run.device, non_blocking=True)  # (b, L)
     pad_mask = batch.pad_mask.to(run.device, non_blocking=True)  # (b, L)
-    mask_id = run.vocab.ids["MASK_None"]
-    if run.model.cfg.causal:
-        loss, _ = autoregressive_loss(net, x0, bos_id=run.vocab.ids["BOS_None"], mask_id=mask_id,
-                                      pad_mask=pad_mask)
-    else:
-        loss, _ = diffusion_loss(net, x0, mask_id=mask_id, schedule=run.schedule, pad_mask=pad_mask,
-                                 generator=gen)
-    return loss
+    return objective_loss(net, run.model.cfg.causal, x0, pad_mask, mask_id=run.vocab.ids["MASK_None"],
+                          bos_id=run.vocab.ids.get("BOS_None"), schedule=run.schedule, generator=gen)
 
 
 def _due(done: int, every: int, last: int) -> bool:

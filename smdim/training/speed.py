@@ -7,14 +7,13 @@ import time
 
 import torch
 
-from smdim.autoregressive.loss import autoregressive_loss
 from smdim.diffusion.config import DiffusionConfig
-from smdim.diffusion.loss import diffusion_loss
 from smdim.diffusion.schedule import make_schedule
 from smdim.model.config import ModelConfig
 from smdim.model.denoiser import Denoiser
 from smdim.model.scan_cpu import load_kernel
 from smdim.training.config import TrainConfig
+from smdim.training.objective import objective_loss
 from smdim.training.optim import make_optimizer
 
 
@@ -34,10 +33,7 @@ def step_seconds(model_cfg: ModelConfig, cfg: TrainConfig, repeats: int = 5, war
         times = []
         for _ in range(warmup + repeats):
             t0 = time.perf_counter()
-            if model_cfg.causal:
-                loss, _ = autoregressive_loss(model, x, bos_id=1, mask_id=2, pad_mask=pad_mask)
-            else:
-                loss, _ = diffusion_loss(model, x, mask_id=2, schedule=schedule, pad_mask=pad_mask)
+            loss = objective_loss(model, model_cfg.causal, x, pad_mask, mask_id=2, bos_id=1, schedule=schedule)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

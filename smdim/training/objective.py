@@ -1,0 +1,25 @@
+"""The training loss of the configured objective (`model.objective`), in nats per real token.
+
+One place for the choice, so the training loop and the step timing of equal-time sweeps
+(smdim.training.speed) always run the same loss.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from smdim.autoregressive.loss import autoregressive_loss
+from smdim.diffusion.loss import diffusion_loss
+
+
+def objective_loss(net, causal: bool, x0: Tensor, pad_mask: Tensor, *, mask_id: int, bos_id: int | None,
+                   schedule, generator: torch.Generator | None = None) -> Tensor:
+    """Causal: exact next-token NLL (windows start with BOS). Else: the diffusion loss, an upper
+    bound on the NLL with the ELBO weighting (t and masks drawn from `generator`)."""
+    if causal:
+        loss, _ = autoregressive_loss(net, x0, bos_id=bos_id, mask_id=mask_id, pad_mask=pad_mask)
+    else:
+        loss, _ = diffusion_loss(net, x0, mask_id=mask_id, schedule=schedule, pad_mask=pad_mask,
+                                 generator=generator)
+    return loss
