@@ -33,7 +33,7 @@ from flows.ablations import (  # noqa: E402
     sweep_arguments,
 )
 from smdim.config import build, load_params  # noqa: E402
-from smdim.errors import run_stage  # noqa: E402
+from smdim.errors import SmdimError, run_stage  # noqa: E402
 from smdim.io import atomic_path, write_text  # noqa: E402
 from smdim.model.config import ModelConfig  # noqa: E402
 from smdim.tokenization.config import TokenizeConfig  # noqa: E402
@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     sweep_arguments(ap, "results/objectives", "obj")
     args = ap.parse_args(argv)
+    if args.budget_s <= 0 or (args.bpe is not None and args.bpe < 1):
+        raise SmdimError(f"--budget-s must be > 0 and --bpe >= 1 (got {args.budget_s}, {args.bpe})")
     overrides = parse_overrides(args.set)
     project = args.project_dir.resolve()
     params = load_params(project / "params.yaml")

@@ -82,3 +82,9 @@ def _experiment_names(node) -> set[str]:
     if isinstance(node, list):
         return set().union(*(_experiment_names(v) for v in node))
     return set()
+
+
+
+def test_objectives_budget_must_be_positive():
+    p = run([sys.executable, "-m", "flows.objectives", "--budget-s", "0"], ROOT, check=False)
+    assert p.returncode == 1 and p.stderr.startswith("error: --budget-s must be > 0") and p.stderr.count("\n") == 1
