@@ -34,6 +34,11 @@ except ImportError:
 HAS_MAMBA_KERNELS = selective_scan_fn is not None
 
 
+def uses_gpu_kernels(hidden: Tensor) -> bool:
+    """mamba_ssm's CUDA kernels run where the [cuda] extra is installed and the input is on a GPU."""
+    return HAS_MAMBA_KERNELS and hidden.is_cuda
+
+
 class Mamba(nn.Module):
     """Selective SSM block (Gu & Dao 2023), unidirectional (causal) along L."""
 
@@ -81,7 +86,7 @@ class Mamba(nn.Module):
         """(B, L, d_model) -> (B, L, d_model)."""
         xz = self.in_proj(hidden).transpose(1, 2)  # (B, 2*d_inner, L)
         A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
-        on_gpu_kernels = HAS_MAMBA_KERNELS and hidden.is_cuda
+        on_gpu_kernels = uses_gpu_kernels(hidden)
         if on_gpu_kernels and causal_conv1d_fn is not None:
             # mamba_inner_fn fuses conv, projections, scan and gate (in_proj stays outside,
             # as in mamba_simple, with the same weights).
@@ -99,7 +104,12 @@ class Mamba(nn.Module):
         C = C.transpose(1, 2).contiguous()  # (B, d_state, L)
         kwargs = dict(z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
         if on_gpu_kernels:
-            y = selective_scan_fn(x.contiguous(), dt.contiguous(), A, B, C, self.D.float(), **kwargs)
+            # mamba_ssm's kernel wants u, delta, B, C, z in one dtype; under bf16 autocast the
+            # matmuls give bf16 while the conv's fp32 weights promote x to fp32.
+            dt, B, C, kwargs["z"] = (v.to(x.dtype) for v in (dt, B, C, z))
+            y = selective_scan_fn(
+                x.contiguous(), dt.contiguous(), A, B.contiguous(), C.contiguous(), self.D.float(), **kwargs
+            )
         else:  # the fused C++ kernel; the chunked PyTorch scan where it is unavailable or off-CPU
             y = selective_scan_cpu(x, dt, A, B, C, self.D.float(), chunk=self.chunk, **kwargs)
         return self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
