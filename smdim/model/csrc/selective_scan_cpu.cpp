@@ -422,9 +422,10 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
   auto dB = groups == 1 ? dB_part.squeeze(1) : dB_part.sum(1);
   auto dC = groups == 1 ? dC_part.squeeze(1) : dC_part.sum(1);
   auto dD = D ? dD_part.sum(0) : at::Tensor();
-  // sum(0).sum(1), not sum({0, 2}): newer torch headers make the braced list ambiguous
-  // (IntArrayRef vs OptionalIntArrayRef), which g++ 13 rejects.
-  auto dbias = bias ? ddelta.sum(0).sum(1) : at::Tensor();
+  // A named vector, not sum({0, 2}): with torch 2.11's headers the braced list is ambiguous
+  // (seen on a GPU machine's g++); the same reduction, so the same bits as before.
+  const std::vector<int64_t> batch_and_length{0, 2};
+  auto dbias = bias ? ddelta.sum(batch_and_length) : at::Tensor();
   return {du, ddelta, dA_part.sum(0), dB, dC, dD, dz, dbias};
 }
 
