@@ -30,7 +30,8 @@ def _bars(text: str) -> tuple[int, int]:
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", default=DEFAULTS.checkpoint, help="trained denoiser (default: %(default)s)")
+    p.add_argument("--checkpoint", help=f"trained denoiser (default: {DEFAULTS.checkpoint} if it exists, "
+                   "else the shipped pretrained model)")
     p.add_argument("--out", required=True, type=Path, help="output MIDI file")
     p.add_argument("--method", choices=METHODS, default=DEFAULTS.method, help="sampler (default: %(default)s)")
     p.add_argument("--steps", type=int, default=DEFAULTS.steps, help="denoising steps (default: %(default)s)")
@@ -85,7 +86,7 @@ def generate(args: argparse.Namespace) -> None:
 
     if args.tokens < 1 or (args.bars is not None and args.bars < 1):
         raise SmdimError("--tokens and --bars must be >= 1")
-    c = load_composer(args.checkpoint, _device(args.device))
+    c = load_composer(_checkpoint(args), _device(args.device))
     fixed = _prompt_fixed(c, args) if args.prompt else None
     g = torch.Generator(device=c.device).manual_seed(args.seed)
     [piece] = c.generate(1, args.tokens, generator=g, fixed=fixed, **_sampler_kw(args, c))
@@ -96,6 +97,19 @@ def generate(args: argparse.Namespace) -> None:
             print(f"warning: only {count_bars(ids, c.bar_ids)} bars in {args.tokens} tokens; "
                   "raise --tokens for more", file=sys.stderr)
     _write(c, ids, args)
+
+
+def _checkpoint(args: argparse.Namespace) -> str:
+    """--checkpoint, else models/model.pt once trained, else the pretrained model shipped with smdim."""
+    if args.checkpoint:
+        return args.checkpoint
+    if Path(DEFAULTS.checkpoint).exists():
+        return DEFAULTS.checkpoint
+    from smdim.pretrained import PRESET, PRETRAINED
+
+    print(f"no {DEFAULTS.checkpoint} yet: using the pretrained model {PRETRAINED.name} ({PRESET}, "
+          "embedded corpus); `dvc repro` trains your own", file=sys.stderr)
+    return str(PRETRAINED)
 
 
 def _prompt_fixed(composer, args: argparse.Namespace):
@@ -136,7 +150,7 @@ def infill(args: argparse.Namespace) -> None:
 
     if not args.midi.is_file():
         raise SmdimError(f"{args.midi}: MIDI file not found")
-    c = load_composer(args.checkpoint, _device(args.device))
+    c = load_composer(_checkpoint(args), _device(args.device))
     tokens = _encode(c, args.midi)
     first, last = args.bars
     fixed, (start, end) = bar_infill_fixed(tokens, c.bar_ids, first, last)

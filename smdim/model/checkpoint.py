@@ -41,7 +41,7 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, f)
 
 
-def _read(path: Path, map_location: str) -> Any:
+def read_payload(path: Path, map_location: str) -> Any:
     """torch.load with weights_only=True, every failure turned into one line naming the file."""
     if path.is_dir():
         inside = " (it holds model.pt)" if (path / "model.pt").is_file() else ""
@@ -62,7 +62,7 @@ def _read(path: Path, map_location: str) -> Any:
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> tuple[Denoiser, dict]:
     """Rebuild the Denoiser from a checkpoint; returns (model in eval mode, extra dict)."""
     path = Path(path)
-    payload = _read(path, map_location)
+    payload = read_payload(path, map_location)
     if isinstance(payload, dict) and "fingerprint" in payload and "step" in payload:
         raise SmdimError(
             f"{path}: a training resume state, not a model; use models/model.pt (written when "

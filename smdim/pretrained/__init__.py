@@ -1,0 +1,43 @@
+"""The shipped pretrained denoiser: configs/cpu_1h.yaml trained on the embedded corpus, weights in fp16.
+
+`smdim generate` falls back to it when models/model.pt does not exist, so the tool makes music
+right after install. Reproduce it (same bytes; about an hour on a 2-core CPU):
+
+    dvc exp run $(python -m smdim.preset_flags configs/cpu_1h.yaml)
+    python -m smdim.pretrained models/model.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from smdim.errors import SmdimError
+from smdim.model.checkpoint import FORMAT, read_payload, save_atomic
+
+PRETRAINED = Path(__file__).with_name("embedded_cpu_1h.pt")
+PRESET = "configs/cpu_1h.yaml"
+
+
+def export(src: str | Path, dst: str | Path = PRETRAINED) -> Path:
+    """Copy a trained checkpoint with its floating-point weights in float16 (half the bytes).
+
+    Loading needs nothing special: load_state_dict copies fp16 values into the fp32 parameters.
+    """
+    payload = read_payload(Path(src), "cpu")
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise SmdimError(f"{src}: not an smdim denoiser checkpoint; pass models/model.pt")
+    state = {k: v.half() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    extra = dict(payload.get("extra", {}), weights_dtype="float16", preset=PRESET)
+    save_atomic({**payload, "state_dict": state, "extra": extra}, dst)
+    return Path(dst)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Write the shipped pretrained model from a trained checkpoint.")
+    ap.add_argument("checkpoint", type=Path, help="trained checkpoint, e.g. models/model.pt")
+    ap.add_argument("--out", type=Path, default=PRETRAINED, help="default: %(default)s")
+    args = ap.parse_args()
+    out = export(args.checkpoint, args.out)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+

@@ -1,0 +1,4 @@
+from smdim.errors import run_stage
+from smdim.pretrained import main
+
+run_stage(main)
