@@ -17,7 +17,7 @@ from smdim.render.pianoroll import save_contact_sheet
 from smdim.runtime import BaseConfig, resolve_device, seed_everything
 from smdim.sampling.composer import load_composer
 from smdim.sampling.config import SampleConfig
-from smdim.sampling.sets import cost_by_bars, length_seed, set_metrics, write_set
+from smdim.sampling.sets import collection_dir, cost_by_bars, length_seed, set_metrics, write_set
 
 log = logging.getLogger("smdim.sample")
 
@@ -45,9 +45,17 @@ def main() -> None:
                                    length_seed(seed, length), bars=None, pianorolls=False)
             for length in (cfg.lengths if cfg.n_per_length else [])
         }
+        # One set per collection of a conditioned model, scored against that collection's test pieces.
+        by_collection = {
+            name: write_set(composer, cfg, out, f"by_collection/{collection_dir(name)}", cfg.per_collection,
+                            cfg.n_tokens, seed + 104729 * (i + 1), bars=cfg.bars, pianorolls=cfg.pianorolls,
+                            collection=name)
+            for i, name in enumerate(composer.collections if cfg.per_collection else ())
+        }
         write_json(out / "samples.json", {
             "pieces": pieces,
             "by_length": by_length,
+            "by_collection": by_collection,
             "checkpoint": {"path": cfg.checkpoint, "step": composer.step},
             "params": to_dict(cfg),
             "seed": seed,

@@ -39,6 +39,9 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
                    help="softmax temperature, 0 = greedy (default: %(default)s)")
     p.add_argument("--confidence", choices=CONFIDENCE_SCORES, default=DEFAULTS.confidence,
                    help="confidence sampler: how it ranks masked slots (default: %(default)s)")
+    p.add_argument("--confidence-noise", type=float, default=DEFAULTS.confidence_noise, metavar="G",
+                   help="confidence sampler: Gumbel noise on the unmasking order, annealed to 0 "
+                        "(default: %(default)s)")
     p.add_argument("--remask", choices=REMASK_STRATEGIES, default=DEFAULTS.remask,
                    help="remdm sampler: remasking strategy (default: %(default)s)")
     p.add_argument("--remask-eta", type=float, default=DEFAULTS.remask_eta,
@@ -52,6 +55,9 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
                    help="only pitches of this scale, e.g. C:major, D:dorian, C:pentatonic (Chinese gong)")
     p.add_argument("--no-grammar", dest="grammar", action="store_false", default=DEFAULTS.grammar,
                    help="do not mask tokens that break the REMI grammar")
+    p.add_argument("--collection", metavar="NAME",
+                   help="models trained with model.collection_cond: pieces of this collection, e.g. "
+                        "embedded/chorales, embedded/han1 (default: unconditional)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: %(default)s)")
     p.add_argument("--png", action="store_true", help="also write a piano roll next to --out")
     p.add_argument("--audio", type=Path, metavar="FILE",
@@ -179,6 +185,8 @@ def _sampler_kw(args, composer, ban_prefixes=()) -> dict:
         "remask_eta": args.remask_eta,
         "top_k": args.top_k,
         "top_p": args.top_p,
+        "confidence_noise": args.confidence_noise,
+        "collection": args.collection,
         "constraints": constraints_for(composer, args.pitch_range, args.max_polyphony, ban_prefixes,
                                        scale=args.scale, grammar=args.grammar),
     }

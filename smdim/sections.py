@@ -31,4 +31,4 @@ SECTIONS: dict[str, type] = {
 }
 
 # Fields that params.yaml leaves out on purpose: filled in at run time, not chosen by the user.
-RUNTIME_FIELDS = {"model": {"vocab_size"}}
+RUNTIME_FIELDS = {"model": {"vocab_size", "n_collections"}}

@@ -199,14 +199,17 @@ def test_console_script_is_declared():
 def test_cli_defaults_are_the_sample_sections():
     """The CLI has no sampling defaults of its own: they are SampleConfig's (= params.yaml's)."""
     from smdim import cli
+    from smdim.pretrained import PRETRAINED
     from smdim.sampling.config import SampleConfig
 
     args = cli.parser().parse_args(["generate", "--out", "x.mid"])
     cfg = SampleConfig()
-    assert (args.checkpoint, args.method, args.steps, args.temperature, args.tokens) == (
-        cfg.checkpoint, cfg.method, cfg.steps, cfg.temperature, cfg.n_tokens)
-    assert (args.confidence, args.remask, args.remask_eta, args.top_k, args.top_p) == (
-        cfg.confidence, cfg.remask, cfg.remask_eta, cfg.top_k, cfg.top_p)
+    assert (args.method, args.steps, args.temperature, args.tokens) == (
+        cfg.method, cfg.steps, cfg.temperature, cfg.n_tokens)
+    assert (args.confidence, args.remask, args.remask_eta, args.top_k, args.top_p, args.confidence_noise) == (
+        cfg.confidence, cfg.remask, cfg.remask_eta, cfg.top_k, cfg.top_p, cfg.confidence_noise)
+    # No --checkpoint: sample.checkpoint once it exists, else the shipped pretrained model.
+    assert args.checkpoint is None and cli._checkpoint(args) in (cfg.checkpoint, str(PRETRAINED))
 
 
 def test_generate_with_the_literature_samplers(checkpoint, tmp_path, capsys):

@@ -17,6 +17,7 @@ import pandas as pd
 import symusic
 from tqdm import tqdm
 
+from smdim.data.collections import collection_of
 from smdim.errors import SmdimError
 from smdim.metrics.bootstrap import bootstrap_oa
 from smdim.metrics.config import EvaluateConfig
@@ -26,7 +27,7 @@ from smdim.metrics.muspy_metrics import muspy_summary
 from smdim.metrics.oa import Support, is_constant, set_oa
 from smdim.metrics.pieces import FeatureSet, Piece, extract_features
 from smdim.metrics.reference import at_least, crop_scores, select_pieces
-from smdim.metrics.samples import length_sets, main_pieces, resolve_crop
+from smdim.metrics.samples import collection_sets, length_sets, main_pieces, resolve_crop
 from smdim.metrics.structure import n_bars, srs
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ def evaluate_run(
     by_length = _oa_vs_length(lengths, test, train, cfg, seed, crops, kw)
     long_generated = main["scores"]["generated"] + [s for r in by_length["scores"] for s in r]
     memo = _memorisation(main["scores"]["generated"], ref_main, train, decode) if cfg.memorisation else None
+    by_collection = _oa_by_collection(collection_sets(samples_dir), test, cfg, seed, crops, crop, kw)
 
     out = {
         "headline": main["headline"],
@@ -193,10 +195,31 @@ def evaluate_run(
             "train": ceiling["feature_means"]["generated"],
         },
     }
+    if by_collection:
+        out["oa_by_collection"] = by_collection
     if crop is not None:
         out["crop_tokens"] = crop
     if memo is not None:
         out["memorisation"] = memo
+    return out
+
+
+def _oa_by_collection(sets: dict[str, list[Path]], test: pd.DataFrame, cfg: EvaluateConfig, seed: int,
+                      crops, crop: int | None, kw: dict) -> dict[str, dict]:
+    """OA of each by_collection/ set (a conditioned model asked for that collection) against the
+    test pieces of the same collection, with its bootstrap CI."""
+    out: dict[str, dict] = {}
+    labels = [collection_of(d, p) for d, p in zip(test["dataset"], test["piece_id"], strict=True)]
+    for name, files in sets.items():
+        rows = test[[label == name for label in labels]]
+        if len(rows) < 2:
+            log.warning("OA for collection %s left out: %d test piece(s)", name, len(rows))
+            continue
+        r = evaluate(files, crops(select_pieces(rows, cfg.max_reference, seed), crop, seed),
+                     bootstrap=cfg.bootstrap, seed=seed, **kw)
+        out[name] = {"headline": r["headline"], "headline_ci": r.get("ci", {}).get("headline"),
+                     "usable_rate": r["usable_rate"], "n_generated": r["n_generated"],
+                     "n_reference": r["n_reference"]}
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
@@ -47,3 +48,12 @@ def length_sets(samples_dir: str | Path) -> dict[int, list[Path]]:
         return {}
     dirs = {int(p.name): p for p in root.iterdir() if p.is_dir() and p.name.isdigit()}
     return {length: midi_files(dirs[length]) for length in sorted(dirs)}
+
+
+def collection_sets(samples_dir: str | Path) -> dict[str, list[Path]]:
+    """MIDI files of each by_collection/ set, keyed by collection name (from samples.json)."""
+    index = Path(samples_dir) / "samples.json"
+    if not index.is_file():
+        return {}
+    sets = json.loads(index.read_text(encoding="utf-8")).get("by_collection") or {}
+    return {name: [Path(samples_dir) / r["file"] for r in records] for name, records in sets.items() if records}

@@ -30,6 +30,11 @@ class ModelConfig:
     dropout: float = 0.0  # dropout after attention, FFN and Mamba sublayers, in [0, 1)
     skip: bool = True  # add the token embedding to the upsampled features (keeps token identity)
     time_cond: bool = False  # diffusion: add an embedding of t; off keeps the sampler's cache valid
+    # diffusion: a learned vector per collection (embedded/han1, embedded/chorales, pop909, ...)
+    # added at every position, so `smdim generate --collection` can ask for one; trained with
+    # train.collection_dropout windows unconditional (the extra "none" vector)
+    collection_cond: bool = False
+    n_collections: int = 0  # filled in by training from the train split when collection_cond is on
     scan_chunk: int = 32  # chunk of the fallback chunked scan (no C++ compiler, non-CPU); speed only
 
     @property
@@ -53,6 +58,9 @@ class ModelConfig:
             (self.ffn_mult >= 1, "ffn_mult must be >= 1"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
             (self.scan_chunk >= 2, "scan_chunk must be >= 2"),
+            (self.n_collections >= 0, "n_collections must be >= 0"),
+            (not (self.collection_cond and self.causal),
+             "collection_cond is implemented for objective=diffusion only"),
         ]
         for ok, message in checks:
             if not ok:

@@ -55,6 +55,8 @@ class Denoiser(nn.Module):
             nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D))
             if cfg.time_cond and not cfg.causal else None
         )
+        # index 0: no collection (unconditional); 1..K: the collections of the train split
+        self.collection_embed = nn.Embedding(cfg.n_collections + 1, D) if cfg.collection_cond else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_blocks))
         self.up = nn.ConvTranspose1d(D, D, kernel_size=s, stride=s)
         self.norm = nn.LayerNorm(D)
@@ -65,8 +67,10 @@ class Denoiser(nn.Module):
         """Whether forward reads t (if not, a cached sampler may skip unchanged steps)."""
         return self.cfg.time_cond
 
-    def forward(self, x: Tensor, t: Tensor | None = None, pad_mask: Tensor | None = None) -> Tensor:
-        """x: (B, L) token ids; t: (B,) in [0, 1]; pad_mask: (B, L) True = real token."""
+    def forward(self, x: Tensor, t: Tensor | None = None, pad_mask: Tensor | None = None,
+                collection: Tensor | None = None) -> Tensor:
+        """x: (B, L) token ids; t: (B,) in [0, 1]; pad_mask: (B, L) True = real token;
+        collection: (B,) indices (0 = none; None = all none), read when model.collection_cond."""
         B, L = x.shape
         s = self.cfg.stride
         lengths = _right_padded_lengths(pad_mask)  # (B,) or None
@@ -86,6 +90,10 @@ class Denoiser(nn.Module):
             if t is None:
                 raise SmdimError("model.time_cond is true but the denoiser got no t; pass t in [0, 1]")
             h = h + self.time_mlp(time_embedding(t, self.cfg.d_model))[:, None, :]
+        if self.collection_embed is not None:
+            if collection is None:
+                collection = torch.zeros(B, dtype=torch.long, device=x.device)
+            h = h + self.collection_embed(collection)[:, None, :]  # (B, 1, D)
         if mask_s is not None:
             h = h * mask_s[..., None]
         for block in self.blocks:

@@ -12,11 +12,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from smdim.config import build, to_dict
+from smdim.diffusion.config import DiffusionConfig
 from smdim.errors import SmdimError
 from smdim.model.checkpoint import FORMAT, read_payload, save_atomic
+from smdim.model.config import ModelConfig
+from smdim.training.config import TrainConfig
 
 PRETRAINED = Path(__file__).with_name("embedded_cpu_1h.pt")
 PRESET = "configs/cpu_1h.yaml"
+# What inference and provenance need; configs pass through today's dataclasses, so a checkpoint
+# from an older smdim with the same weights exports to the same bytes.
+KEEP = ("mask_id", "pad_id", "bos_id", "step", "seed", "weights", "tokenizer", "collections")
 
 
 def export(src: str | Path, dst: str | Path = PRETRAINED) -> Path:
@@ -28,8 +35,15 @@ def export(src: str | Path, dst: str | Path = PRETRAINED) -> Path:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise SmdimError(f"{src}: not an smdim denoiser checkpoint; pass models/model.pt")
     state = {k: v.half() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
-    extra = dict(payload.get("extra", {}), weights_dtype="float16", preset=PRESET)
-    save_atomic({**payload, "state_dict": state, "extra": extra}, dst)
+    old = payload.get("extra", {})
+    extra = {k: old[k] for k in KEEP if k in old}
+    extra.update(
+        diffusion=to_dict(build(DiffusionConfig, old.get("diffusion") or {}, f"{src}:diffusion")),
+        train=to_dict(build(TrainConfig, old.get("train") or {}, f"{src}:train")),
+        collections=list(old.get("collections", [])), weights_dtype="float16", preset=PRESET,
+    )
+    config = to_dict(build(ModelConfig, payload["config"], f"{src}:config"))
+    save_atomic({"format": FORMAT, "config": config, "state_dict": state, "extra": extra}, dst)
     return Path(dst)
 
 

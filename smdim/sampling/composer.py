@@ -22,6 +22,7 @@ from smdim.diffusion.config import DiffusionConfig
 from smdim.diffusion.schedule import Schedule, make_schedule
 from smdim.errors import SmdimError
 from smdim.model.checkpoint import load_checkpoint
+from smdim.model.collection import WithCollection
 from smdim.sampling.constraints import Constraints, make_constraints
 from smdim.sampling.samplers import sample_with_stats
 from smdim.sampling.streaming import generate_autoregressive
@@ -54,6 +55,18 @@ class Composer:
     device: torch.device
     step: int | None = None  # training step of the checkpoint
     bos_id: int | None = None  # autoregressive models: the token every generation starts from
+    collections: tuple[str, ...] = ()  # model.collection_cond: the names of indices 1..K
+
+    def collection_model(self, collection: str | None) -> torch.nn.Module:
+        """The model asked for pieces of `collection` (None: unconditional)."""
+        if collection is None:
+            return self.model
+        if not self.collections:
+            raise SmdimError(f"collection {collection!r}: this model was trained without model.collection_cond; "
+                             "retrain with -S model.collection_cond=true")
+        if collection not in self.collections:
+            raise SmdimError(f"collection {collection!r}: not one of this model's ({', '.join(self.collections)})")
+        return WithCollection(self.model, self.collections.index(collection) + 1)
 
     @property
     def causal(self) -> bool:
@@ -76,9 +89,12 @@ class Composer:
         batch_size: int = 4,
         fixed: torch.Tensor | None = None,
         progress: bool = False,
+        collection: str | None = None,
         **sampler_kw,
     ) -> list[Piece]:
-        """`n` pieces of `length` tokens, in batches; `fixed` (L,) applies to every piece."""
+        """`n` pieces of `length` tokens, in batches; `fixed` (L,) applies to every piece;
+        `collection`: one of self.collections (conditioned models), None = unconditional."""
+        model = self.collection_model(collection)
         pieces: list[Piece] = []
         while len(pieces) < n:
             b = min(batch_size, n - len(pieces))
@@ -91,7 +107,7 @@ class Composer:
                 )
             else:
                 x, stats = sample_with_stats(
-                    self.model, length, mask_id=self.mask_id, batch_size=b, generator=generator,
+                    model, length, mask_id=self.mask_id, batch_size=b, generator=generator,
                     fixed=fixed, schedule=self.schedule, progress=progress, **sampler_kw,
                 )
             seconds = (time.perf_counter() - t0) / b
@@ -120,7 +136,7 @@ def load_composer(path: str, device: str = "cpu") -> Composer:
         raise SmdimError(f"{path}: an autoregressive model without a BOS token; retrain with BOS in "
                          "tokenize.special_tokens")
     return Composer(model.eval(), tokenizer, mask_id, make_schedule(diffusion), torch.device(device),
-                    int(step) if step is not None else None, bos_id)
+                    int(step) if step is not None else None, bos_id, tuple(extra.get("collections") or ()))
 
 
 def keep_bars(ids: Sequence[int], bar_ids: set[int], bars: int) -> list[int]:

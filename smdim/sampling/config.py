@@ -44,6 +44,7 @@ class SampleConfig:
     batch_size: int = 4  # pieces generated together
     lengths: list[int] = field(default_factory=lambda: [128, 256, 512])  # by_length/<L>/ sets
     n_per_length: int = 4  # pieces per length in by_length/ (0 = skip the OA-vs-length sets)
+    per_collection: int = 0  # models with model.collection_cond: pieces asked for each collection, by_collection/<name>/ (0 = none)
     cost_bars: list[int] = field(default_factory=lambda: [16, 64])  # time + peak memory of one piece of this many bars (batch 1)
     seed_offset: int = 0  # added to base.seed: another set of samples from the same model
     pianorolls: bool = True  # write pieces/NNN.png next to each main-set MIDI
@@ -72,5 +73,7 @@ class SampleConfig:
             raise ValueError(f"max_polyphony must be >= 1 or null, got {self.max_polyphony}")
         if any(b < 1 for b in self.cost_bars):
             raise ValueError(f"cost_bars must be >= 1, got {self.cost_bars}")
+        if self.per_collection < 0:
+            raise ValueError(f"per_collection={self.per_collection} must be >= 0")
         if any(n < 1 for n in self.lengths) or self.n_per_length < 0:
             raise ValueError("lengths must be >= 1 and n_per_length >= 0")

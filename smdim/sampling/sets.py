@@ -21,11 +21,12 @@ from smdim.tokenization.validity import token_error_rate
 
 
 def write_set(composer: Composer, cfg: SampleConfig, out: Path, subdir: str, n: int, length: int,
-              seed: int, *, bars: int | None, pianorolls: bool) -> list[dict]:
-    """Generate `n` pieces of `length` tokens (cut to `bars` bars) into out/subdir/NNN.mid."""
+              seed: int, *, bars: int | None, pianorolls: bool, collection: str | None = None) -> list[dict]:
+    """Generate `n` pieces of `length` tokens (cut to `bars` bars) into out/subdir/NNN.mid;
+    `collection`: ask a conditioned model for that collection."""
     generator = torch.Generator(device=composer.device).manual_seed(seed)
     pieces = composer.generate(n, length, generator=generator, batch_size=cfg.batch_size, progress=True,
-                               **sampler_kwargs(composer, cfg))
+                               collection=collection, **sampler_kwargs(composer, cfg))
     records = []
     for i, piece in enumerate(pieces):
         ids = keep_bars(piece.ids, composer.bar_ids, bars) if bars else piece.ids
@@ -66,6 +67,11 @@ def cost_by_bars(composer: Composer, cfg: SampleConfig, records: list[dict], see
     return {f"generate_{b}_bars": generation_cost(composer, math.ceil(b * per_bar), seed + b,
                                                   **sampler_kwargs(composer, cfg))
             for b in cfg.cost_bars}
+
+
+def collection_dir(name: str) -> str:
+    """by_collection/ folder of a collection: 'embedded/han1' -> 'embedded__han1'."""
+    return name.replace("/", "__")
 
 
 def length_seed(seed: int, length: int) -> int:

@@ -31,6 +31,7 @@ class TrainConfig:
     num_threads: int = 2  # torch CPU threads (shared by the DDP ranks of one machine)
     progress: bool = True  # show a tqdm progress bar
     nll_draws: int = 8  # diffusion: times t per validation window for the final bits-per-note ELBO
+    collection_dropout: float = 0.1  # model.collection_cond: share of windows trained unconditional
 
     def __post_init__(self) -> None:
         positive = ("seq_len", "batch_size", "steps", "eval_every", "eval_batches",
@@ -46,6 +47,8 @@ class TrainConfig:
             raise ValueError(f"betas={list(self.betas)} must be two numbers in [0, 1)")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps={self.warmup_steps} must be >= 0")
+        if not 0 <= self.collection_dropout <= 1:
+            raise ValueError(f"collection_dropout={self.collection_dropout} must be in [0, 1]")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
         if self.grad_clip < 0:

@@ -10,13 +10,14 @@ unrelated pieces inside one window.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from smdim.data.collections import collection_of
 from smdim.data.shards import read_shards
 from smdim.errors import SmdimError
 
@@ -27,14 +28,16 @@ VALID_STREAM = 1
 
 @dataclass(frozen=True)
 class Batch:
-    """One batch of windows: `tokens` (B, L) int64, `pad_mask` (B, L) bool (True = real token)."""
+    """One batch of windows: `tokens` (B, L) int64, `pad_mask` (B, L) bool (True = real token),
+    `collection` (B,) int64: each window's collection index (0 = none)."""
 
     tokens: torch.Tensor
     pad_mask: torch.Tensor
+    collection: torch.Tensor
 
     def rows(self, start: int, stop: int) -> Batch:
         """Rows [start, stop) of the batch (a DDP rank's share)."""
-        return Batch(self.tokens[start:stop], self.pad_mask[start:stop])
+        return Batch(self.tokens[start:stop], self.pad_mask[start:stop], self.collection[start:stop])
 
 
 def step_rng(seed: int, step: int, stream: int) -> np.random.Generator:
@@ -55,10 +58,15 @@ class CropSampler:
     very long bar) starts at token 0 when short and at a uniform offset otherwise.
     """
 
-    def __init__(self, pieces: list[np.ndarray], seq_len: int, bar_id: int | Collection[int], pad_id: int = 0):
+    def __init__(self, pieces: list[np.ndarray], seq_len: int, bar_id: int | Collection[int], pad_id: int = 0,
+                 labels: Sequence[int] | None = None):
         if seq_len < 1:
             raise SmdimError(f"train.seq_len={seq_len}: must be >= 1")
-        pieces = [np.asarray(p, dtype=np.int64) for p in pieces if len(p) > 0]
+        if labels is not None and len(labels) != len(pieces):
+            raise SmdimError(f"{len(labels)} collection labels for {len(pieces)} pieces")
+        keep = [i for i, p in enumerate(pieces) if len(p) > 0]
+        self.labels = np.array([labels[i] if labels is not None else 0 for i in keep], dtype=np.int64)
+        pieces = [np.asarray(pieces[i], dtype=np.int64) for i in keep]
         if not pieces:
             raise SmdimError("no non-empty pieces to crop from; check data/tokens (dvc repro tokenize)")
         self.seq_len = seq_len
@@ -104,20 +112,26 @@ class CropSampler:
             o = int(self.offsets[i]) + start
             tokens[row, :k] = self.flat[o : o + k]
             mask[row, :k] = True
-        return Batch(torch.from_numpy(tokens), torch.from_numpy(mask))
+        return Batch(torch.from_numpy(tokens), torch.from_numpy(mask), torch.from_numpy(self.labels[picks]))
 
 
 def load_pieces(tokens_dir: str | Path, split: str) -> list[np.ndarray]:
     """Token streams of one split of the Parquet shards in `tokens_dir`."""
-    df = read_shards(tokens_dir, split=split, columns=["tokens"])
-    pieces = [np.asarray(t, dtype=np.int64) for t in df["tokens"]]
-    pieces = [p for p in pieces if len(p)]
+    return load_split(tokens_dir, split)[0]
+
+
+def load_split(tokens_dir: str | Path, split: str) -> tuple[list[np.ndarray], list[str]]:
+    """Token streams of one split and each one's collection (smdim.data.collections)."""
+    df = read_shards(tokens_dir, split=split, columns=["tokens", "dataset", "piece_id"])
+    rows = [(np.asarray(t, dtype=np.int64), collection_of(d, p))
+            for t, d, p in zip(df["tokens"], df["dataset"], df["piece_id"], strict=True) if len(t)]
+    pieces, labels = [r[0] for r in rows], [r[1] for r in rows]
     if not pieces:
         raise SmdimError(
             f"{tokens_dir}: no pieces in split '{split}'; use a larger corpus or check the "
             "tokenize split parameters"
         )
-    return pieces
+    return pieces, labels
 
 
 def validation_batches(

@@ -26,6 +26,7 @@ from smdim.config import to_dict
 from smdim.diffusion.config import DiffusionConfig
 from smdim.errors import SmdimError
 from smdim.model.checkpoint import save_checkpoint
+from smdim.model.collection import WithCollection
 from smdim.model.config import ModelConfig
 from smdim.runtime import BaseConfig, resolve_device
 from smdim.training.config import TrainConfig
@@ -44,6 +45,8 @@ from smdim.training.run import (
     read_vocabulary,
     resumable_state,
     start_run,
+    train_collections,
+    with_collections,
     with_vocab_size,
 )
 
@@ -82,7 +85,7 @@ def train(base: BaseConfig, model_cfg: ModelConfig, diffusion_cfg: DiffusionConf
     try:
         torch.set_num_threads(max(1, cfg.num_threads // info.local_world_size))
         vocab = read_vocabulary(paths.tokens)
-        model_cfg = with_vocab_size(model_cfg, vocab)
+        model_cfg = with_collections(with_vocab_size(model_cfg, vocab), paths.tokens)
         check_objective(model_cfg, vocab, paths.tokens)
         fingerprint = fingerprint_of(base, model_cfg, diffusion_cfg, cfg, vocab, paths.tokens)
         state = resumable_state(paths, fingerprint, cfg.steps, info)
@@ -178,7 +181,7 @@ def validate(run: Run) -> float:
             gen = torch.Generator(device=run.device).manual_seed(
                 derive_seed(run.base.seed, i, _VALID_NOISE_STREAM, run.info.rank))
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.use_bf16):
-                total += _loss(run, model, batch, gen).double().cpu()
+                total += _loss(run, model, batch, gen, training=False).double().cpu()
     run.model.train()
     return float(all_mean(total / len(run.valid), run.info))
 
@@ -232,6 +235,8 @@ def _extras(run: Run, step: int) -> dict[str, Any]:
         "diffusion": to_dict(run.diffusion_cfg), "step": step, "tokenizer": run.vocab.text,
         "train": to_dict(run.cfg), "seed": run.base.seed,
         "weights": "ema" if run.ema is not None else "raw",
+        # index i + 1 of the model's collection vectors (0 = none); empty when unconditioned
+        "collections": list(train_collections(run.model.cfg, run.paths.tokens)),
     }
 
 
@@ -240,10 +245,17 @@ def _saved_weights(run: Run) -> contextlib.AbstractContextManager:
     return run.ema.applied(run.model) if run.ema is not None else contextlib.nullcontext(run.model)
 
 
-def _loss(run: Run, net: torch.nn.Module, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+def _loss(run: Run, net: torch.nn.Module, batch: Batch, gen: torch.Generator,
+          training: bool = True) -> torch.Tensor:
     """The objective's loss in nats per real token (diffusion: an upper bound; autoregressive: exact)."""
     x0 = batch.tokens.to(run.device, non_blocking=True)  # (b, L)
     pad_mask = batch.pad_mask.to(run.device, non_blocking=True)  # (b, L)
+    if run.model.cfg.collection_cond:
+        collection = batch.collection.to(run.device)  # (b,)
+        if training and run.cfg.collection_dropout > 0:  # these windows learn the "none" vector
+            drop = torch.rand(collection.shape, generator=gen, device=gen.device) < run.cfg.collection_dropout
+            collection = collection.masked_fill(drop.to(run.device), 0)
+        net = WithCollection(net, collection)
     return objective_loss(net, run.model.cfg.causal, x0, pad_mask, mask_id=run.vocab.ids["MASK_None"],
                           bos_id=run.vocab.ids.get("BOS_None"), schedule=run.schedule, generator=gen)
 

@@ -19,6 +19,7 @@ from dvclive import Live
 from torch import nn
 
 from smdim.config import to_dict
+from smdim.data.collections import collection_index
 from smdim.diffusion.config import DiffusionConfig
 from smdim.diffusion.schedule import Schedule, make_schedule
 from smdim.errors import SmdimError
@@ -29,7 +30,7 @@ from smdim.runtime import BaseConfig, seed_everything
 from smdim.tokenization.bpe import bar_start_ids, note_counts
 from smdim.tokenization.tokenizer import load_tokenizer
 from smdim.training.config import RESUMABLE_FIELDS, TrainConfig
-from smdim.training.crops import Batch, CropSampler, load_pieces, validation_batches
+from smdim.training.crops import Batch, CropSampler, load_split, validation_batches
 from smdim.training.distributed import DistInfo, barrier
 from smdim.training.ema import EMA
 from smdim.training.live import open_live
@@ -206,8 +207,11 @@ def start_run(base: BaseConfig, model_cfg: ModelConfig, diffusion_cfg: Diffusion
     if info.is_main:
         log.info("loading crops from %s", paths.tokens)
     bar_ids, pad_id = vocab.bar_starts, vocab.ids["PAD_None"]
-    train_crops = CropSampler(load_pieces(paths.tokens, "train"), cfg.seq_len, bar_ids, pad_id)
-    valid_crops = CropSampler(load_pieces(paths.tokens, "valid"), cfg.seq_len, bar_ids, pad_id)
+    (train_pieces, train_labels), (valid_pieces, valid_labels) = (load_split(paths.tokens, s) for s in ("train", "valid"))
+    index = collection_index(train_labels) if model_cfg.collection_cond else {}
+    labels = (lambda names: [index.get(n, 0) for n in names]) if index else (lambda names: None)
+    train_crops = CropSampler(train_pieces, cfg.seq_len, bar_ids, pad_id, labels(train_labels))
+    valid_crops = CropSampler(valid_pieces, cfg.seq_len, bar_ids, pad_id, labels(valid_labels))
     valid = [b.rows(lo, hi) for b in validation_batches(valid_crops, base.seed, cfg.eval_batches, cfg.batch_size)]
     use_bf16 = base.dtype == "bfloat16" and device.type == "cuda"
     if base.dtype == "bfloat16" and not use_bf16 and info.is_main:
@@ -228,3 +232,15 @@ def start_run(base: BaseConfig, model_cfg: ModelConfig, diffusion_cfg: Diffusion
 def with_vocab_size(model_cfg: ModelConfig, vocab: Vocabulary) -> ModelConfig:
     """The model config with the vocabulary size of data/tokens filled in."""
     return dataclasses.replace(model_cfg, vocab_size=vocab.size)
+
+
+def train_collections(model_cfg: ModelConfig, tokens_dir: Path) -> tuple[str, ...]:
+    """The train split's collections in index order (1..K) when model.collection_cond, else ()."""
+    if not model_cfg.collection_cond:
+        return ()
+    return tuple(collection_index(load_split(tokens_dir, "train")[1]))
+
+
+def with_collections(model_cfg: ModelConfig, tokens_dir: Path) -> ModelConfig:
+    """The model config with n_collections filled in (0 when model.collection_cond is off)."""
+    return dataclasses.replace(model_cfg, n_collections=len(train_collections(model_cfg, tokens_dir)))

@@ -1,0 +1,25 @@
+"""A denoiser bound to collection indices, called like an unconditioned one (losses, samplers)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class WithCollection(nn.Module):
+    """`net(x, t, pad_mask)` -> `net(x, t, pad_mask, collection=...)`; `collection` is (B,) or a
+    scalar index broadcast over the batch. Parameters, eval/train and `cfg` are the wrapped net's."""
+
+    def __init__(self, net: nn.Module, collection: Tensor | int) -> None:
+        super().__init__()
+        self.net = net
+        self.collection = torch.as_tensor(collection, dtype=torch.long)
+
+    @property
+    def cfg(self):
+        return getattr(self.net, "module", self.net).cfg  # through DDP
+
+    def forward(self, x: Tensor, t: Tensor | None = None, pad_mask: Tensor | None = None) -> Tensor:
+        c = self.collection.to(x.device)
+        c = c.expand(x.shape[0]) if c.dim() == 0 else c  # (B,)
+        return self.net(x, t, pad_mask, collection=c)

@@ -1,0 +1,147 @@
+"""Collection conditioning (model.collection_cond): labels, crops, the model, training and generation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from smdim.cli import main as cli
+from smdim.data.collections import collection_index, collection_of
+from smdim.diffusion.config import DiffusionConfig
+from smdim.errors import SmdimError
+from smdim.metrics.config import EvaluateConfig
+from smdim.metrics.evaluate import evaluate_run
+from smdim.model.checkpoint import load_checkpoint
+from smdim.model.collection import WithCollection
+from smdim.model.config import ModelConfig
+from smdim.model.denoiser import Denoiser
+from smdim.runtime import BaseConfig
+from smdim.sampling.composer import load_composer
+from smdim.sampling.config import SampleConfig
+from smdim.sampling.sets import collection_dir, write_set
+from smdim.tokenization.decode import tokens_to_score
+from smdim.tokenization.tokenizer import load_tokenizer
+from smdim.training.config import TrainConfig
+from smdim.training.crops import CropSampler, load_split
+from smdim.training.loop import TrainPaths, train
+
+TINY_MODEL = dict(d_model=32, n_heads=2, n_blocks=1, stride=2, d_state=4, expand=1, ffn_mult=2)
+TINY_TRAIN = dict(seq_len=64, batch_size=4, steps=3, eval_every=3, eval_batches=1, checkpoint_every=3,
+                  log_every=3, num_threads=1, progress=False, nll_draws=1)
+
+
+def test_labels_and_indices():
+    assert collection_of("embedded", "chorales/bwv10.7") == "embedded/chorales"
+    assert collection_of("embedded", "han1/0001") == "embedded/han1"
+    assert collection_of("pop909", "001") == "pop909"
+    assert collection_of("maestro", "2004/piece") == "maestro"  # only the embedded corpus has parts
+    assert collection_index(["pop909", "embedded/han1", "pop909"]) == {"embedded/han1": 1, "pop909": 2}
+
+
+def test_crops_carry_each_windows_collection():
+    pieces = [np.full(50, 10 + i) for i in range(4)]  # piece i holds only token 10 + i
+    s = CropSampler(pieces, seq_len=16, bar_id=99, labels=[1, 2, 1, 0])
+    b = s.batch(seed=3, step=0, batch_size=32)
+    piece_of_row = b.tokens[:, 0] - 10
+    assert torch.equal(b.collection, torch.tensor([1, 2, 1, 0])[piece_of_row])
+    assert torch.equal(s.batch(3, 0, 32).collection, b.collection)  # a pure function of (seed, step)
+    assert torch.equal(b.rows(4, 9).collection, b.collection[4:9])
+    assert torch.equal(CropSampler(pieces, 16, 99).batch(3, 0, 8).collection, torch.zeros(8, dtype=torch.long))
+    with pytest.raises(SmdimError, match="3 collection labels for 4 pieces"):
+        CropSampler(pieces, 16, 99, labels=[1, 2, 3])
+
+
+def test_denoiser_collection_vector():
+    torch.manual_seed(0)
+    model = Denoiser(ModelConfig(vocab_size=40, collection_cond=True, n_collections=2, **TINY_MODEL)).eval()
+    x = torch.randint(0, 40, (2, 24))
+    with torch.no_grad():
+        none, first, second = (model(x, collection=torch.full((2,), c)) for c in (0, 1, 2))
+        torch.testing.assert_close(model(x), none)  # no collection = index 0, "none"
+        torch.testing.assert_close(WithCollection(model, 1)(x), first)
+    assert not torch.allclose(first, second) and not torch.allclose(none, first)
+    with pytest.raises(ValueError, match="diffusion only"):
+        ModelConfig(vocab_size=40, collection_cond=True, objective="autoregressive")
+
+
+@pytest.fixture(scope="module")
+def two_collections(tokens_dir, tmp_path_factory):
+    """tokens_dir's songs relabelled as two parts of the embedded corpus (han1 / chorales)."""
+    out = tmp_path_factory.mktemp("two-collections")
+    shutil.copy(tokens_dir / "tokenizer.json", out / "tokenizer.json")
+    table = pq.read_table(tokens_dir / "shard-00000.parquet")
+    ids = table.column("piece_id").to_pylist()
+    renamed = [f"{'han1' if i % 2 else 'chorales'}/{p}" for i, p in enumerate(ids)]
+    split = ["test" if i in (1, 2, 3, 4) else s for i, s in enumerate(table.column("split").to_pylist())]
+    table = (table.set_column(table.schema.get_field_index("dataset"), "dataset", pa.array(["embedded"] * len(ids)))
+             .set_column(table.schema.get_field_index("piece_id"), "piece_id", pa.array(renamed))
+             .set_column(table.schema.get_field_index("split"), "split", pa.array(split)))
+    pq.write_table(table, out / "shard-00000.parquet")
+    return out
+
+
+@pytest.fixture(scope="module")
+def conditioned(two_collections, tmp_path_factory):
+    root = tmp_path_factory.mktemp("conditioned")
+    cfg = TrainConfig(**TINY_TRAIN, collection_dropout=0.5)
+    train(BaseConfig(seed=3, device="cpu"), ModelConfig(collection_cond=True, **TINY_MODEL), DiffusionConfig(),
+          cfg, TrainPaths(two_collections, root / "models", root / "results"))
+    return root / "models" / "model.pt"
+
+
+def test_trained_model_round_trips_its_collections(conditioned, two_collections):
+    model, extra = load_checkpoint(conditioned)
+    assert extra["collections"] == ["embedded/chorales", "embedded/han1"]
+    assert model.cfg.collection_cond and model.cfg.n_collections == 2
+    assert model.collection_embed.weight.shape == (3, 32)
+    composer = load_composer(str(conditioned))
+    assert composer.collections == ("embedded/chorales", "embedded/han1")
+    _, labels = load_split(two_collections, "train")
+    assert set(labels) == set(composer.collections)
+
+
+def test_generate_asks_for_a_collection(conditioned, tmp_path, capsys):
+    out = tmp_path / "han.mid"
+    cli(["generate", "--checkpoint", str(conditioned), "--collection", "embedded/han1", "--tokens", "48",
+         "--steps", "4", "--out", str(out)])
+    assert out.stat().st_size > 0
+    with pytest.raises(SystemExit):
+        cli(["generate", "--checkpoint", str(conditioned), "--collection", "embedded/jazz", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert "error: collection 'embedded/jazz': not one of this model's (embedded/chorales, embedded/han1)" in err
+
+
+def test_unconditioned_model_refuses_a_collection(tokens_dir, tmp_path, capsys):
+    train(BaseConfig(seed=3, device="cpu"), ModelConfig(**TINY_MODEL), DiffusionConfig(), TrainConfig(**TINY_TRAIN),
+          TrainPaths(tokens_dir, tmp_path / "models", tmp_path / "results"))
+    assert load_checkpoint(tmp_path / "models/model.pt")[1]["collections"] == []
+    with pytest.raises(SystemExit):
+        cli(["generate", "--checkpoint", str(tmp_path / "models/model.pt"), "--collection", "pop909",
+             "--out", str(tmp_path / "x.mid")])
+    assert "trained without model.collection_cond" in capsys.readouterr().err
+
+
+def test_per_collection_sets_are_scored_against_their_collection(conditioned, two_collections, tmp_path):
+    composer = load_composer(str(conditioned))
+    cfg = SampleConfig(batch_size=4, steps=4, n_tokens=64)
+    sets = {name: write_set(composer, cfg, tmp_path, f"by_collection/{collection_dir(name)}", 4, 64, 5,
+                            bars=None, pianorolls=False, collection=name)
+            for name in composer.collections}
+    main = write_set(composer, cfg, tmp_path, "pieces", 4, 64, 5, bars=None, pianorolls=False)
+    (tmp_path / "samples.json").write_text(json.dumps({"pieces": main, "by_collection": sets}))
+    assert (tmp_path / "by_collection/embedded__han1/000.mid").is_file()
+    tok = load_tokenizer(two_collections / "tokenizer.json")
+    shards = pq.read_table(two_collections / "shard-00000.parquet").to_pandas()
+    result = evaluate_run(
+        EvaluateConfig(bootstrap=50, memorisation=False), seed=0, samples_dir=tmp_path,
+        test=shards[shards.split == "test"], train=shards[shards.split == "train"],
+        decode=lambda ids: tokens_to_score(tok, ids), bar_id=tok["Bar_None"])
+    by = result["oa_by_collection"]
+    assert set(by) == {"embedded/chorales", "embedded/han1"}
+    assert all(v["n_reference"] == 2 and v["n_generated"] <= 4 and 0 <= v["headline"] <= 1 for v in by.values())
