@@ -39,9 +39,10 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
                    help="softmax temperature, 0 = greedy (default: %(default)s)")
     p.add_argument("--confidence", choices=CONFIDENCE_SCORES, default=DEFAULTS.confidence,
                    help="confidence sampler: how it ranks masked slots (default: %(default)s)")
-    p.add_argument("--confidence-noise", type=float, default=DEFAULTS.confidence_noise, metavar="G",
-                   help="confidence sampler: Gumbel noise on the unmasking order, annealed to 0 "
-                        "(default: %(default)s)")
+    p.add_argument("--confidence-noise", type=float, metavar="G",
+                   help="confidence sampler: Gumbel noise on the unmasking order, annealed to 0 (default: "
+                        f"the checkpoint's sample_defaults if it has them, like the shipped model, else "
+                        f"{DEFAULTS.confidence_noise})")
     p.add_argument("--remask", choices=REMASK_STRATEGIES, default=DEFAULTS.remask,
                    help="remdm sampler: remasking strategy (default: %(default)s)")
     p.add_argument("--remask-eta", type=float, default=DEFAULTS.remask_eta,
@@ -185,11 +186,18 @@ def _sampler_kw(args, composer, ban_prefixes=()) -> dict:
         "remask_eta": args.remask_eta,
         "top_k": args.top_k,
         "top_p": args.top_p,
-        "confidence_noise": args.confidence_noise,
+        "confidence_noise": _confidence_noise(args, composer),
         "collection": args.collection,
         "constraints": constraints_for(composer, args.pitch_range, args.max_polyphony, ban_prefixes,
                                        scale=args.scale, grammar=args.grammar),
     }
+
+
+def _confidence_noise(args, composer) -> float:
+    """--confidence-noise, else the checkpoint's recommendation (sample_defaults), else the default."""
+    if args.confidence_noise is not None:
+        return args.confidence_noise
+    return float(composer.sample_defaults.get("confidence_noise", DEFAULTS.confidence_noise))
 
 
 def _device(name: str) -> str:

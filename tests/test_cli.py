@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -206,8 +207,11 @@ def test_cli_defaults_are_the_sample_sections():
     cfg = SampleConfig()
     assert (args.method, args.steps, args.temperature, args.tokens) == (
         cfg.method, cfg.steps, cfg.temperature, cfg.n_tokens)
-    assert (args.confidence, args.remask, args.remask_eta, args.top_k, args.top_p, args.confidence_noise) == (
-        cfg.confidence, cfg.remask, cfg.remask_eta, cfg.top_k, cfg.top_p, cfg.confidence_noise)
+    assert (args.confidence, args.remask, args.remask_eta, args.top_k, args.top_p) == (
+        cfg.confidence, cfg.remask, cfg.remask_eta, cfg.top_k, cfg.top_p)
+    plain = types.SimpleNamespace(sample_defaults={})
+    assert cli._confidence_noise(args, plain) == cfg.confidence_noise
+    assert cli._confidence_noise(args, types.SimpleNamespace(sample_defaults={"confidence_noise": 0.5})) == 0.5
     # No --checkpoint: sample.checkpoint once it exists, else the shipped pretrained model.
     assert args.checkpoint is None and cli._checkpoint(args) in (cfg.checkpoint, str(PRETRAINED))
 

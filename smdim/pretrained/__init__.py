@@ -12,18 +12,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from smdim.config import build, to_dict
+from smdim.config import build, load_params, to_dict
 from smdim.diffusion.config import DiffusionConfig
 from smdim.errors import SmdimError
 from smdim.model.checkpoint import FORMAT, read_payload, save_atomic
 from smdim.model.config import ModelConfig
+from smdim.sampling.config import SampleConfig
 from smdim.training.config import TrainConfig
 
 PRETRAINED = Path(__file__).with_name("embedded_cpu_1h.pt")
 PRESET = "configs/cpu_1h.yaml"
+PRESET_FILE = Path(__file__).resolve().parents[2] / PRESET  # in a checkout; export runs there
 # What inference and provenance need; configs pass through today's dataclasses, so a checkpoint
 # from an older smdim with the same weights exports to the same bytes.
-KEEP = ("mask_id", "pad_id", "bos_id", "step", "seed", "weights", "tokenizer", "collections")
+KEEP = ("mask_id", "pad_id", "bos_id", "step", "seed", "weights", "tokenizer")
 
 
 def export(src: str | Path, dst: str | Path = PRETRAINED) -> Path:
@@ -42,6 +44,11 @@ def export(src: str | Path, dst: str | Path = PRETRAINED) -> Path:
         train=to_dict(build(TrainConfig, old.get("train") or {}, f"{src}:train")),
         collections=list(old.get("collections", [])), weights_dtype="float16", preset=PRESET,
     )
+    # The preset's sampler settings travel with the weights: `smdim generate` uses them unless told
+    # otherwise (this model wants confidence_noise; the global default suits the small model).
+    preset = (load_params(PRESET_FILE).get("sample") or {}) if PRESET_FILE.is_file() else {}
+    checked = to_dict(build(SampleConfig, preset, f"{PRESET}:sample"))
+    extra["sample_defaults"] = {k: checked[k] for k in preset}
     config = to_dict(build(ModelConfig, payload["config"], f"{src}:config"))
     save_atomic({"format": FORMAT, "config": config, "state_dict": state, "extra": extra}, dst)
     return Path(dst)

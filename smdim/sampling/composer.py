@@ -9,6 +9,7 @@ nothing of checkpoints or tokenizers; this module is the glue.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -56,6 +57,7 @@ class Composer:
     step: int | None = None  # training step of the checkpoint
     bos_id: int | None = None  # autoregressive models: the token every generation starts from
     collections: tuple[str, ...] = ()  # model.collection_cond: the names of indices 1..K
+    sample_defaults: dict = dataclasses.field(default_factory=dict)  # sampler settings the checkpoint recommends
 
     def collection_model(self, collection: str | None) -> torch.nn.Module:
         """The model asked for pieces of `collection` (None: unconditional)."""
@@ -136,7 +138,8 @@ def load_composer(path: str, device: str = "cpu") -> Composer:
         raise SmdimError(f"{path}: an autoregressive model without a BOS token; retrain with BOS in "
                          "tokenize.special_tokens")
     return Composer(model.eval(), tokenizer, mask_id, make_schedule(diffusion), torch.device(device),
-                    int(step) if step is not None else None, bos_id, tuple(extra.get("collections") or ()))
+                    int(step) if step is not None else None, bos_id, tuple(extra.get("collections") or ()),
+                    dict(extra.get("sample_defaults") or {}))
 
 
 def keep_bars(ids: Sequence[int], bar_ids: set[int], bars: int) -> list[int]:
