@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-NONE = "none"  # index 0 of a conditioned model: no collection (unconditional sampling)
-
 
 def collection_of(dataset: str, piece_id: str) -> str:
     """'embedded' + 'chorales/bwv10.7' -> 'embedded/chorales'; 'pop909' + '001' -> 'pop909'."""
@@ -18,5 +16,5 @@ def collection_of(dataset: str, piece_id: str) -> str:
 
 
 def collection_index(names: Iterable[str]) -> dict[str, int]:
-    """Sorted names -> indices 1..K (0 stays for NONE): the order saved in checkpoints."""
+    """Sorted names -> indices 1..K (0 stays for "none", unconditional): the order saved in checkpoints."""
     return {name: i + 1 for i, name in enumerate(sorted(set(names)))}

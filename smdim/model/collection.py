@@ -8,16 +8,12 @@ from torch import Tensor, nn
 
 class WithCollection(nn.Module):
     """`net(x, t, pad_mask)` -> `net(x, t, pad_mask, collection=...)`; `collection` is (B,) or a
-    scalar index broadcast over the batch. Parameters, eval/train and `cfg` are the wrapped net's."""
+    scalar index broadcast over the batch. Parameters and eval/train are the wrapped net's."""
 
     def __init__(self, net: nn.Module, collection: Tensor | int) -> None:
         super().__init__()
         self.net = net
         self.collection = torch.as_tensor(collection, dtype=torch.long)
-
-    @property
-    def cfg(self):
-        return getattr(self.net, "module", self.net).cfg  # through DDP
 
     def forward(self, x: Tensor, t: Tensor | None = None, pad_mask: Tensor | None = None) -> Tensor:
         c = self.collection.to(x.device)

@@ -85,7 +85,8 @@ def train(base: BaseConfig, model_cfg: ModelConfig, diffusion_cfg: DiffusionConf
     try:
         torch.set_num_threads(max(1, cfg.num_threads // info.local_world_size))
         vocab = read_vocabulary(paths.tokens)
-        model_cfg = with_collections(with_vocab_size(model_cfg, vocab), paths.tokens)
+        collections = train_collections(model_cfg, paths.tokens)  # the one read of their names
+        model_cfg = with_collections(with_vocab_size(model_cfg, vocab), collections)
         check_objective(model_cfg, vocab, paths.tokens)
         fingerprint = fingerprint_of(base, model_cfg, diffusion_cfg, cfg, vocab, paths.tokens)
         state = resumable_state(paths, fingerprint, cfg.steps, info)
@@ -94,7 +95,7 @@ def train(base: BaseConfig, model_cfg: ModelConfig, diffusion_cfg: DiffusionConf
                 log.info("training already finished at step %d (%s); nothing to do", cfg.steps, paths.model)
             return TrainResult(cfg.steps, cfg.steps, False, None, None, None)
         clear_outputs(paths, state, info)
-        run = start_run(base, model_cfg, diffusion_cfg, cfg, paths, info, vocab, fingerprint, state)
+        run = start_run(base, model_cfg, diffusion_cfg, cfg, paths, info, vocab, fingerprint, state, collections)
         del state
         loss, val_loss, tokens_per_s = loop(run)
         save_final(run)
@@ -236,7 +237,7 @@ def _extras(run: Run, step: int) -> dict[str, Any]:
         "train": to_dict(run.cfg), "seed": run.base.seed,
         "weights": "ema" if run.ema is not None else "raw",
         # index i + 1 of the model's collection vectors (0 = none); empty when unconditioned
-        "collections": list(train_collections(run.model.cfg, run.paths.tokens)),
+        "collections": list(run.collections),
     }
 
 

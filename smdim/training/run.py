@@ -100,6 +100,7 @@ class Run:
     live: Live | None  # dvclive logger (rank 0 only)
     start: int  # first step to run (the resume checkpoint's step, or 0)
     log_acc: torch.Tensor  # (sum of losses, steps) since the last log line
+    collections: tuple[str, ...]  # model.collection_cond: names of indices 1..K (saved in model.pt)
 
 
 def read_vocabulary(tokens_dir: Path) -> Vocabulary:
@@ -172,7 +173,8 @@ def clear_outputs(paths: TrainPaths, state: dict[str, Any] | None, info: DistInf
 
 def start_run(base: BaseConfig, model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig,
               cfg: TrainConfig, paths: TrainPaths, info: DistInfo, vocab: Vocabulary,
-              fingerprint: dict[str, Any], state: dict[str, Any] | None) -> Run:
+              fingerprint: dict[str, Any], state: dict[str, Any] | None,
+              collections: tuple[str, ...]) -> Run:
     """Build the model, optimizer and data; restore `state` when resuming."""
     device = torch.device(info.device)
     seed_everything(base.seed)  # identical initial weights on every rank and every fresh run
@@ -208,7 +210,7 @@ def start_run(base: BaseConfig, model_cfg: ModelConfig, diffusion_cfg: Diffusion
         log.info("loading crops from %s", paths.tokens)
     bar_ids, pad_id = vocab.bar_starts, vocab.ids["PAD_None"]
     (train_pieces, train_labels), (valid_pieces, valid_labels) = (load_split(paths.tokens, s) for s in ("train", "valid"))
-    index = collection_index(train_labels) if model_cfg.collection_cond else {}
+    index = collection_index(collections)
     labels = (lambda names: [index.get(n, 0) for n in names]) if index else (lambda names: None)
     train_crops = CropSampler(train_pieces, cfg.seq_len, bar_ids, pad_id, labels(train_labels))
     valid_crops = CropSampler(valid_pieces, cfg.seq_len, bar_ids, pad_id, labels(valid_labels))
@@ -226,7 +228,7 @@ def start_run(base: BaseConfig, model_cfg: ModelConfig, diffusion_cfg: Diffusion
                  train_crops.n_tokens, len(valid_crops), info.world_size)
     return Run(base, cfg, paths, diffusion_cfg, info, device, vocab, fingerprint, model, net, optimizer,
                scheduler, ema, make_schedule(diffusion_cfg), train_crops, valid, (lo, hi), use_bf16,
-               live, start, log_acc)
+               live, start, log_acc, collections)
 
 
 def with_vocab_size(model_cfg: ModelConfig, vocab: Vocabulary) -> ModelConfig:
@@ -241,6 +243,6 @@ def train_collections(model_cfg: ModelConfig, tokens_dir: Path) -> tuple[str, ..
     return tuple(collection_index(load_split(tokens_dir, "train")[1]))
 
 
-def with_collections(model_cfg: ModelConfig, tokens_dir: Path) -> ModelConfig:
+def with_collections(model_cfg: ModelConfig, collections: tuple[str, ...]) -> ModelConfig:
     """The model config with n_collections filled in (0 when model.collection_cond is off)."""
-    return dataclasses.replace(model_cfg, n_collections=len(train_collections(model_cfg, tokens_dir)))
+    return dataclasses.replace(model_cfg, n_collections=len(collections))
