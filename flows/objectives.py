@@ -32,14 +32,12 @@ from flows.ablations import (  # noqa: E402
     queue_and_run,
     sweep_arguments,
 )
+from flows.budget import steps_for_budget  # noqa: E402
 from smdim.config import build, load_params  # noqa: E402
 from smdim.errors import SmdimError, run_stage  # noqa: E402
 from smdim.io import atomic_path, write_text  # noqa: E402
-from smdim.model.config import ModelConfig  # noqa: E402
 from smdim.tokenization.config import TokenizeConfig  # noqa: E402
 from smdim.tokenization.tokenizer import build_tokenizer  # noqa: E402
-from smdim.training.config import TrainConfig  # noqa: E402
-from smdim.training.speed import step_seconds  # noqa: E402
 
 log = logging.getLogger("smdim.objectives")
 
@@ -55,16 +53,11 @@ def plan(params: dict, arms: dict[str, dict[str, Any]], bpe: int | None, budget_
          vocab_size: int) -> dict[str, dict[str, Any]]:
     """Each arm (and its BPE twin) with train.steps for `budget_s` seconds of training here."""
     out = {}
-    train_cfg = build(TrainConfig, params.get("train"), "train")
     for name, arm in arms.items():
         for bpe_vocab in [None] + ([bpe] if bpe else []):
-            model = {**params.get("model", {}), **{k.split(".", 1)[1]: v for k, v in arm.items()}}
-            mcfg = build(ModelConfig, {**model, "vocab_size": bpe_vocab or vocab_size}, "model")
-            s = step_seconds(mcfg, train_cfg)
-            steps = max(int(budget_s / s), train_cfg.warmup_steps + 1)
             label = name + (f"-bpe{bpe_vocab}" if bpe_vocab else "")
+            steps = steps_for_budget(params, arm, budget_s, bpe_vocab or vocab_size, log, label)
             out[label] = {**arm, **({"tokenize.bpe_vocab": bpe_vocab} if bpe_vocab else {}), "train.steps": steps}
-            log.info("%s: %.3f s/step -> %d steps for %.0f s", label, s, steps, budget_s)
     return out
 
 

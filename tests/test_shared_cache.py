@@ -57,6 +57,39 @@ def test_block_ablation_is_one_command(make_project, shared_data):
     assert params["model"]["block"] == "mfa" and params["train"]["steps"] == 6  # workspace untouched
 
 
+def test_block_ablation_at_equal_wall_clock_over_seeds(make_project, shared_data):
+    """--budget-s sets train.steps from the block's measured step time; --seeds K runs it with
+    base.seed, base.seed + 1, ... and summarises the seeds (mean, t-interval) per block."""
+    proj = make_project(tiny_params(shared_data), name="sweep_seeds")
+    run([sys.executable, "-m", "flows.ablations", "--blocks", "mamba", "--seeds", "2", "--budget-s", "0.3",
+         "--prefix", "w", "--project-dir", str(proj)], ROOT)
+    out = json.loads((proj / "results/ablations/table.json").read_text())
+    rows, [summary] = out["rows"], out["by_block"]
+    seed = yaml.safe_load((proj / "params.yaml").read_text())["base"]["seed"]
+    assert [r["experiment"] for r in rows] == ["w-mamba-s0", "w-mamba-s1"]
+    assert [r["seed"] for r in rows] == [seed, seed + 1]
+    assert rows[0]["steps"] == rows[1]["steps"] == out["arms"]["mamba-s0"]["train.steps"] >= 3  # warm-up + 1
+    assert rows[0]["val_loss"] != rows[1]["val_loss"]  # the seed reached the model
+    heads = [r["headline"] for r in rows]
+    assert summary["seeds"] == 2 and abs(summary["headline_mean"] - sum(heads) / 2) < 1e-12
+    assert summary["headline_ci"][0] <= min(heads) <= max(heads) <= summary["headline_ci"][1]
+    assert "95% CI over seeds" in (proj / "results/ablations/table.md").read_text()
+
+
+def test_seed_summary_is_a_t_interval():
+    from flows.ablations import by_block
+
+    rows = [{"block": "mfa", "headline": h, "steps": 10, "val_loss": 1.0, "train_s": 5.0, "token_error_rate": 0.0}
+            for h in (0.80, 0.82, 0.84)] + [
+           {"block": "mamba", "headline": 0.7, "steps": 12, "val_loss": None, "train_s": None, "token_error_rate": None}]
+    mfa, mamba = by_block(rows)
+    half = 4.302652729911275 * 0.02 / 3 ** 0.5  # t(0.975, 2 dof) * sd / sqrt(n)
+    assert mfa["seeds"] == 3 and abs(mfa["headline_mean"] - 0.82) < 1e-12
+    assert abs(mfa["headline_ci"][0] - (0.82 - half)) < 1e-9 and abs(mfa["headline_ci"][1] - (0.82 + half)) < 1e-9
+    assert mfa["headline_range"] == [0.80, 0.84]
+    assert mamba["seeds"] == 1 and mamba["headline_ci"] is None and mamba["val_loss_mean"] is None
+
+
 def test_objectives_comparison_runs_both_objectives_through_dvc(make_project, shared_data):
     """flows.objectives: an autoregressive and a diffusion experiment at equal (tiny) training time,
     each the whole pipeline under `dvc exp run`, in one table with bits per note and generation cost."""

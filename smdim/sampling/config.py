@@ -32,6 +32,8 @@ class SampleConfig:
     confidence_noise: float = 0.0  # confidence method: Gumbel noise scale on confidences (annealed to 0)
     confidence: ConfidenceScore = "logprob"  # confidence method: rank slots by the drawn token's log-prob,
     # the top-2 probability margin (Kim et al. 2025) or minus the entropy
+    block_tokens: int = 0  # confidence method: 0 = rank all slots at once; N = finish N-token blocks
+    # left to right, steps // n_blocks steps each (semi-autoregressive, LLaDA)
     remask: RemaskStrategy = "cap"  # remdm method: sigma_t = min(eta, sigma_max) | eta * sigma_max | cap
     # spread over decoded tokens by low confidence
     remask_eta: float = 0.02  # remdm method: eta in [0, 1] (0 = no remasking, the ancestral sampler)
@@ -56,6 +58,8 @@ class SampleConfig:
             raise ValueError(f"bars must be >= 1 or null, got {self.bars}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.block_tokens < 0:
+            raise ValueError(f"block_tokens must be >= 0 (0 = the whole sequence at once), got {self.block_tokens}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be >= 1 or null, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:

@@ -12,7 +12,8 @@ Methods (all draw tokens from the denoiser's x0 prediction with MASK excluded; f
   tokens (up to batch-size-dependent float rounding in the network).
 - "confidence": MaskGIT. At step k the number of masked slots left follows a cosine (or linear)
   schedule; the most confident slots are unmasked, optionally with annealed Gumbel noise on the
-  confidences (`confidence_noise`). Confidence (`confidence`): "logprob" of the sampled token
+  confidences (`confidence_noise`), over the whole sequence or block by block from the left
+  (`block_tokens`, the semi-autoregressive order of LLaDA, Nie et al. 2025). Confidence (`confidence`): "logprob" of the sampled token
   (MaskGIT), "margin" between the two most probable tokens (top-k margin, Kim et al. 2025: a slot
   torn between two tokens waits for more context) or "entropy" (minus the entropy of the slot).
 - "remdm": the ancestral sampler with remasking (ReMDM, Wang et al. 2025), smdim/sampling/remdm.py:
@@ -68,6 +69,7 @@ def sample_with_stats(
     remask_eta: float = 0.02,
     top_k: int | None = None,
     top_p: float | None = None,
+    block_tokens: int = 0,
 ) -> tuple[Tensor, dict[str, int]]:
     """Generate tokens and count network calls: returns ((B, length), {"network_calls", "steps"}).
 
@@ -75,8 +77,9 @@ def sample_with_stats(
     below the training T). temperature: softmax temperature (0 = greedy). fixed: (B, L) or (L,)
     ids to keep, -1 = free. constraints: smdim.sampling.constraints.Constraints. schedule: the
     training schedule (default linear). unmask_schedule / confidence_noise / confidence:
-    "confidence" only. remask / remask_eta: "remdm" only. top_k / top_p: truncation of every draw
-    (None = off).
+    "confidence" only. block_tokens: "confidence" only, 0 = rank the whole sequence at once, N = finish
+    N-token blocks left to right. remask / remask_eta: "remdm" only. top_k / top_p: truncation of every
+    draw (None = off).
     """
     if method not in METHODS:
         raise SmdimError(f"sampling method {method!r} is unknown; use one of {', '.join(METHODS)}")
@@ -92,6 +95,8 @@ def sample_with_stats(
         raise SmdimError(f"remask strategy {remask!r} is unknown; use one of {', '.join(REMASK_STRATEGIES)}")
     if not 0 <= remask_eta <= 1:
         raise SmdimError(f"remask_eta must be in [0, 1], got {remask_eta}")
+    if block_tokens < 0:
+        raise SmdimError(f"block_tokens must be >= 0 (0 = the whole sequence at once), got {block_tokens}")
     if (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
         raise SmdimError(f"top_k must be >= 1 and top_p in (0, 1] (got {top_k}, {top_p})")
     schedule = schedule or make_schedule(DiffusionConfig(schedule="linear"))
@@ -101,7 +106,8 @@ def sample_with_stats(
                 top_k, top_p)
     with _eval_mode(denoiser), torch.no_grad():
         if method == "confidence":
-            x = _confidence(ctx, x, steps, schedule, unmask_schedule, confidence_noise, confidence, progress)
+            x = _confidence(ctx, x, steps, schedule, unmask_schedule, confidence_noise, confidence, progress,
+                            block=block_tokens)
         elif method == "remdm":
             x = remdm(ctx, x, steps, schedule, strategy=remask, eta=remask_eta, progress=progress)
         else:
@@ -193,31 +199,46 @@ def _ancestral(ctx: _Step, x: Tensor, steps: int, schedule, *, skip_idle: bool, 
 
 
 def _confidence(
-    ctx: _Step, x: Tensor, steps: int, schedule, unmask_schedule: str, noise: float, score: str, progress: bool
+    ctx: _Step, x: Tensor, steps: int, schedule, unmask_schedule: str, noise: float, score: str, progress: bool,
+    block: int = 0,
 ) -> Tensor:
-    n_free = (x == ctx.mask_id).sum(1)  # (B,)
-    for k in tqdm(range(1, steps + 1), desc="sampling", disable=not progress, leave=False):
-        masked = x == ctx.mask_id  # (B, L)
-        n_masked = masked.sum(1)  # (B,)
-        if not n_masked.any():
-            break
-        r = k / steps
-        left = math.cos(0.5 * math.pi * r) if unmask_schedule == "cosine" else 1.0 - r
-        target = (n_free.float() * left).floor().long()  # masked slots to leave after this step
-        n_unmask = (n_masked - target).clamp(min=1).minimum(n_masked)  # (B,)
-        t = schedule.time_of(n_masked.float() / n_free.clamp(min=1).float())  # (B,)
-        logits = ctx.logits(x, t)  # (B, L, V)
-        tokens = torch.full_like(x, ctx.mask_id)
-        tokens[masked] = ctx.draw(logits[masked])
-        conf = _confidence_score(logits, tokens, score)  # (B, L)
-        if noise > 0:
-            u = torch.rand(x.shape, generator=ctx.generator, device=x.device).clamp(1e-10, 1 - 1e-10)
-            conf = conf + noise * (1.0 - r) * -torch.log(-torch.log(u))
-        conf = conf.masked_fill(~masked, float("-inf"))
-        order = conf.argsort(dim=1, descending=True, stable=True)  # (B, L)
-        rank = torch.empty_like(order).scatter_(1, order, torch.arange(x.shape[1], device=x.device).expand_as(order))
-        sel = masked & (rank < n_unmask[:, None])
-        x = ctx.fill(x, sel, logits, tokens)
+    """MaskGIT order over the whole sequence, or (block > 0) over one block of `block` tokens at a
+    time from the left (LLaDA's semi-autoregressive remasking): each block gets steps / n_blocks
+    steps and is finished before the next starts, so no slot commits far ahead of its context."""
+    L = x.shape[1]
+    spans = [(0, L)] if block <= 0 else [(a, min(a + block, L)) for a in range(0, L, block)]
+    per_span = max(1, steps // len(spans))
+    n_all = (x == ctx.mask_id).sum(1).clamp(min=1).float()  # (B,) for the network's time input
+    bar = tqdm(total=per_span * len(spans), desc="sampling", disable=not progress, leave=False)
+    for a, b in spans:
+        in_span = torch.zeros_like(x, dtype=torch.bool)
+        in_span[:, a:b] = True
+        n_free = ((x == ctx.mask_id) & in_span).sum(1)  # (B,)
+        for k in range(1, per_span + 1):
+            bar.update()
+            masked = x == ctx.mask_id  # (B, L)
+            open_ = masked & in_span
+            n_open = open_.sum(1)  # (B,)
+            if not n_open.any():
+                break
+            r = k / per_span
+            left = math.cos(0.5 * math.pi * r) if unmask_schedule == "cosine" else 1.0 - r
+            target = (n_free.float() * left).floor().long()  # masked slots of the span to leave
+            n_unmask = (n_open - target).clamp(min=1).minimum(n_open)  # (B,)
+            t = schedule.time_of(masked.sum(1).float() / n_all)  # (B,)
+            logits = ctx.logits(x, t)  # (B, L, V)
+            tokens = torch.full_like(x, ctx.mask_id)
+            tokens[open_] = ctx.draw(logits[open_])
+            conf = _confidence_score(logits, tokens, score)  # (B, L)
+            if noise > 0:
+                u = torch.rand(x.shape, generator=ctx.generator, device=x.device).clamp(1e-10, 1 - 1e-10)
+                conf = conf + noise * (1.0 - r) * -torch.log(-torch.log(u))
+            conf = conf.masked_fill(~open_, float("-inf"))
+            order = conf.argsort(dim=1, descending=True, stable=True)  # (B, L)
+            rank = torch.empty_like(order).scatter_(1, order, torch.arange(L, device=x.device).expand_as(order))
+            sel = open_ & (rank < n_unmask[:, None])
+            x = ctx.fill(x, sel, logits, tokens)
+    bar.close()
     return x
 
 

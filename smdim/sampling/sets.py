@@ -52,6 +52,7 @@ def sampler_kwargs(composer: Composer, cfg: SampleConfig) -> dict:
         constraints=constraints_for(composer, cfg.pitch_range, cfg.max_polyphony, scale=cfg.scale,
                                     grammar=cfg.grammar),
         unmask_schedule=cfg.unmask_schedule, confidence_noise=cfg.confidence_noise, confidence=cfg.confidence,
+        block_tokens=cfg.block_tokens,
         remask=cfg.remask, remask_eta=cfg.remask_eta, top_k=cfg.top_k, top_p=cfg.top_p,
     )
 
