@@ -291,9 +291,12 @@ def test_changed_params_start_fresh(tokens_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = _train_in_process(tokens_dir, tmp_path, steps=4, checkpoint_every=2)
     assert r.ran and r.step == 4 and r.resumed_from is None
-    # Same params: a no-op. More steps: continues. Another lr: starts fresh.
+    # Same params (or only a logging field): a no-op. More steps or another lr: starts fresh, since
+    # the lr schedule depends on train.steps (a longer run must not build on a shorter one).
     assert not _train_in_process(tokens_dir, tmp_path, steps=4, checkpoint_every=2).ran
-    assert _train_in_process(tokens_dir, tmp_path, steps=6, checkpoint_every=2).resumed_from == 4
+    assert not _train_in_process(tokens_dir, tmp_path, steps=4, checkpoint_every=3).ran
+    r = _train_in_process(tokens_dir, tmp_path, steps=6, checkpoint_every=2)
+    assert r.ran and r.resumed_from is None
     r = _train_in_process(tokens_dir, tmp_path, steps=6, checkpoint_every=2, lr=1e-3)
     assert r.ran and r.resumed_from is None
 

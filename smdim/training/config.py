@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Fields that may change between a checkpoint and a resumed run without changing what is learned
-# so far (everything else in TrainConfig makes the checkpoint "from other params": start fresh).
+# (everything else in TrainConfig makes the checkpoint "from other params": start fresh). `steps`
+# is not one of them: the cosine lr schedule depends on it, so continuing a 500-step checkpoint to
+# 2,000 steps learns something else than a fresh 2,000-step run, and the model would no longer
+# follow from params.yaml alone (a sweep's arm would silently build on the workspace's checkpoint).
 RESUMABLE_FIELDS = frozenset(
-    {"steps", "eval_every", "eval_batches", "checkpoint_every", "log_every", "num_threads", "progress",
-     "nll_draws"}
+    {"eval_every", "eval_batches", "checkpoint_every", "log_every", "num_threads", "progress", "nll_draws"}
 )
 
 
@@ -16,7 +18,7 @@ RESUMABLE_FIELDS = frozenset(
 class TrainConfig:
     seq_len: int = 256  # tokens per training window (paper: 2048)
     batch_size: int = 16  # windows per optimizer step, summed over all DDP ranks
-    steps: int = 500  # optimizer steps in total (raise it to continue a finished run)
+    steps: int = 500  # optimizer steps in total (another value starts fresh: the lr schedule depends on it)
     lr: float = 2e-3  # peak AdamW learning rate
     weight_decay: float = 0.01  # AdamW decay on matrices (never on norms, biases, embeddings)
     betas: tuple[float, ...] = (0.9, 0.98)  # AdamW (beta1, beta2)

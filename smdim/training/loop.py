@@ -89,7 +89,7 @@ def train(base: BaseConfig, model_cfg: ModelConfig, diffusion_cfg: DiffusionConf
         model_cfg = with_collections(with_vocab_size(model_cfg, vocab), collections)
         check_objective(model_cfg, vocab, paths.tokens)
         fingerprint = fingerprint_of(base, model_cfg, diffusion_cfg, cfg, vocab, paths.tokens)
-        state = resumable_state(paths, fingerprint, cfg.steps, info)
+        state = resumable_state(paths, fingerprint, info)
         if state is not None and int(state["step"]) == cfg.steps and paths.model.exists():
             if info.is_main:
                 log.info("training already finished at step %d (%s); nothing to do", cfg.steps, paths.model)

@@ -143,15 +143,13 @@ def fingerprint_of(base: BaseConfig, model_cfg: ModelConfig, diffusion_cfg: Diff
     })
 
 
-def resumable_state(paths: TrainPaths, fingerprint: dict[str, Any], steps: int,
+def resumable_state(paths: TrainPaths, fingerprint: dict[str, Any],
                     info: DistInfo) -> dict[str, Any] | None:
     """The resume checkpoint if it continues this run; None (start fresh) if absent or foreign."""
     state = load_state(paths.last)
     if state is None:
         return None
     why = first_difference(state["fingerprint"], fingerprint)
-    if why is None and int(state["step"]) > steps:
-        why = f"checkpoint step {state['step']} > train.steps {steps}"
     if why is not None:
         # Starting over is what `dvc exp run -S ...` needs; finished runs live in the DVC cache.
         if info.is_main:
