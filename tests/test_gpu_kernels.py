@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import smdim.model.mamba as mamba_module
 from smdim.model.config import ModelConfig
 from smdim.model.denoiser import Denoiser
 from smdim.model.mamba import HAS_MAMBA_KERNELS, Mamba, selective_scan_fn
@@ -97,6 +98,17 @@ def test_mamba_ssm_scan_kernel_matches_our_cpu_scan_and_the_fp64_reference(L, wi
         )
 
 
+@pytest.fixture(params=["mamba_inner_fn", "selective_scan_fn"])
+def gpu_path(request, monkeypatch):
+    """Both branches of our Mamba on CUDA: the fused mamba_inner_fn (with causal-conv1d) and
+    selective_scan_fn (without it; the branch that casts its inputs to one dtype under autocast)."""
+    if request.param == "mamba_inner_fn" and mamba_module.causal_conv1d_fn is None:
+        pytest.skip("causal-conv1d is not installed")
+    if request.param == "selective_scan_fn":
+        monkeypatch.setattr(mamba_module, "causal_conv1d_fn", None)
+    return request.param
+
+
 def module_out_and_grads(module, x: torch.Tensor):
     x = x.clone().requires_grad_()
     out = module(x)
@@ -107,7 +119,7 @@ def module_out_and_grads(module, x: torch.Tensor):
 
 
 @pytest.mark.parametrize("L", [64, 1000])
-def test_mamba_module_same_weights_cpu_gpu_and_mamba_ssm(L):
+def test_mamba_module_same_weights_cpu_gpu_and_mamba_ssm(L, gpu_path):
     """Our Mamba on CPU == ours on CUDA (mamba_ssm kernels) == mamba_ssm's Mamba: outputs, all grads."""
     from mamba_ssm.modules.mamba_simple import Mamba as RefMamba
 
@@ -142,7 +154,7 @@ def denoiser_loss_and_grads(model, x, pad_mask, bf16: bool = False):
 
 
 @pytest.mark.parametrize("block", ["mfa", "mamba"])
-def test_denoiser_bidirectional_with_padding_cpu_vs_gpu(block):
+def test_denoiser_bidirectional_with_padding_cpu_vs_gpu(block, gpu_path):
     """The whole diffusion denoiser (BiMamba over right-padded pieces, strided conv) on both paths."""
     cfg = ModelConfig(vocab_size=300, block=block, d_model=64, n_heads=4, n_blocks=2, stride=4)
     torch.manual_seed(0)
@@ -161,7 +173,7 @@ def test_denoiser_bidirectional_with_padding_cpu_vs_gpu(block):
         assert_close_scaled(gpu[2][k], cpu[2][k], f"grad {k}")
 
 
-def test_bf16_autocast_training_loss_tracks_fp32():
+def test_bf16_autocast_training_loss_tracks_fp32(gpu_path):
     """The paper preset trains in bf16 autocast on the GPU: loss and update direction stay fp32-like."""
     cfg = ModelConfig(vocab_size=300, block="mfa", d_model=128, n_heads=4, n_blocks=2, stride=4)
     torch.manual_seed(0)

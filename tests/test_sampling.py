@@ -307,6 +307,7 @@ VARIANTS = {
     "top-k": ("ancestral", {"top_k": 3}),
     "top-p": ("confidence", {"top_p": 0.5}),
     "remdm-top-p": ("remdm", {"top_p": 0.8, "remask_eta": 0.3}),
+    "semi-ar-blocks": ("confidence", {"block_tokens": 16, "confidence_noise": 0.5}),
 }
 variant_ids = list(VARIANTS)
 
@@ -354,6 +355,26 @@ class Recorder(torch.nn.Module):
     def forward(self, x, t=None, pad_mask=None):
         self.seen.append(x.clone())
         return self.inner(x, t, pad_mask)
+
+
+def test_semi_autoregressive_blocks_finish_left_to_right():
+    """block_tokens=N: a slot of block j+1 is decoded only once block j has no MASK left, and each
+    block gets at most steps // n_blocks network calls."""
+    L, N = 50, 16  # blocks [0, 16), [16, 32), [32, 48), [48, 50)
+    rec = Recorder(Toy())
+    fixed = torch.full((L,), -1)
+    fixed[20:24] = 5  # fixed slots count as decoded from the start
+    out = sample(rec, L, mask_id=MASK, steps=12, method="confidence", batch_size=2, generator=gen(4),
+                 fixed=fixed, block_tokens=N)
+    assert not (out == MASK).any() and (out[:, 20:24] == 5).all()
+    assert len(rec.seen) == 3 + 3 + 3 + 2  # 12 // 4 calls per block; the 2-slot tail is done after 2
+    states = [*rec.seen, out]
+    for x in states:
+        decoded = (x != MASK) & (fixed < 0)  # (B, L), the sampler's own decisions
+        for a in range(0, L - N, N):
+            later = decoded[:, a + N:].any(1)  # (B,)
+            assert not (later & (x[:, a:a + N] == MASK).any(1)).any(), f"block at {a} left open"
+    assert (states[3][:, :N] != MASK).all() and (states[3][:, N:] == MASK).sum() == 2 * (L - N - 4)
 
 
 @pytest.mark.parametrize("strategy", ["cap", "rescale", "conf"])
@@ -433,6 +454,7 @@ def test_truncation_keeps_the_top_k_and_the_nucleus():
     ({"remask_eta": 1.5}, "remask_eta must be in"),
     ({"top_k": 0}, "top_k must be >= 1"),
     ({"top_p": 0.0}, "top_p in"),
+    ({"block_tokens": -1}, "block_tokens must be >= 0"),
 ])
 def test_bad_new_options_are_one_line_errors(kw, message):
     with pytest.raises(SmdimError, match=message):
@@ -443,6 +465,7 @@ def test_bad_new_options_are_one_line_errors(kw, message):
     ({"top_k": 0}, "sample: top_k must be >= 1"),
     ({"top_p": 1.5}, r"sample: top_p must be in \(0, 1\]"),
     ({"remask_eta": -0.1}, r"sample: remask_eta must be in \[0, 1\]"),
+    ({"block_tokens": -2}, "sample: block_tokens must be >= 0"),
     ({"confidence": "gap"}, "sample.confidence: input should be 'logprob', 'margin' or 'entropy'"),
     ({"remask": "loop"}, "sample.remask: input should be 'cap', 'rescale' or 'conf'"),
 ])

@@ -13,9 +13,10 @@ Methods (all draw tokens from the denoiser's x0 prediction with MASK excluded; f
 - "confidence": MaskGIT. At step k the number of masked slots left follows a cosine (or linear)
   schedule; the most confident slots are unmasked, optionally with annealed Gumbel noise on the
   confidences (`confidence_noise`), over the whole sequence or block by block from the left
-  (`block_tokens`, the semi-autoregressive order of LLaDA, Nie et al. 2025). Confidence (`confidence`): "logprob" of the sampled token
-  (MaskGIT), "margin" between the two most probable tokens (top-k margin, Kim et al. 2025: a slot
-  torn between two tokens waits for more context) or "entropy" (minus the entropy of the slot).
+  (`block_tokens`, the semi-autoregressive order of LLaDA, Nie et al. 2025). Confidence
+  (`confidence`): "logprob" of the sampled token (MaskGIT), "margin" between the two most probable
+  tokens (top-k margin, Kim et al. 2025: a slot torn between two tokens waits for more context) or
+  "entropy" (minus the entropy of the slot).
 - "remdm": the ancestral sampler with remasking (ReMDM, Wang et al. 2025), smdim/sampling/remdm.py:
   decoded tokens go back to MASK with probability sigma_t, so early errors can be redrawn.
 
