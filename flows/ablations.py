@@ -6,9 +6,10 @@ each experiment's own metrics files, read from its git commit. `dvc exp show` li
 
 `--budget-s S` compares blocks at equal wall-clock instead of equal steps: each block's step time
 is measured here first (flows.budget) and its `train.steps` set to S / step time. `--seeds K` runs
-each block K times (base.seed, base.seed + 1, ...) and adds a per-block summary: the mean OA
-headline over seeds with a 95% t-interval, so a difference between blocks can be told from the
-spread between seeds.
+each block K times (base.seed, base.seed + 1, ...; the split stays that of base.seed through
+tokenize.split_seed, so every run is scored on the same test pieces) and adds a per-block summary:
+the mean OA headline over seeds with a 95% t-interval, so a difference between blocks can be told
+from the spread between seeds.
 
 Why DVC's queue and not a Prefect flow: each run is a plain DVC experiment, so the run cache
 shares the unchanged download/tokenize stages, `dvc exp show/diff/apply` work on the results, and
@@ -223,6 +224,10 @@ def plan(project: Path, blocks: list[str], seeds: int, budget_s: float | None,
     wall-clock budget, measured once per block)."""
     params = load_params(project / "params.yaml")
     base_seed = int((params.get("base") or {}).get("seed", 0))
+    # The split follows base.seed unless pinned: pin it, so the seeds differ in training and
+    # sampling only and every run is scored on the same test pieces.
+    split_seed = (params.get("tokenize") or {}).get("split_seed")
+    pin = {"tokenize.split_seed": base_seed if split_seed is None else split_seed} if seeds > 1 else {}
     vocab = len(build_tokenizer(build(TokenizeConfig, params.get("tokenize"), "tokenize"))) if budget_s else 0
     arms = {}
     for block in blocks:
@@ -230,7 +235,7 @@ def plan(project: Path, blocks: list[str], seeds: int, budget_s: float | None,
         if budget_s:
             arm["train.steps"] = steps_for_budget(params, {**overrides, **arm}, budget_s, vocab, log, block)
         for i in range(seeds):
-            arms[block if seeds == 1 else f"{block}-s{i}"] = {**arm, **({"base.seed": base_seed + i} if seeds > 1 else {})}
+            arms[block if seeds == 1 else f"{block}-s{i}"] = {**arm, **({"base.seed": base_seed + i, **pin} if seeds > 1 else {})}
     return arms
 
 

@@ -9,6 +9,8 @@ import yaml
 from conftest import BIN, ROOT, run
 from test_end_to_end import tiny_params
 
+from flows.dvc_runs import experiment_rev
+
 DVC = str(BIN / "dvc")
 
 
@@ -74,6 +76,11 @@ def test_block_ablation_at_equal_wall_clock_over_seeds(make_project, shared_data
     assert summary["seeds"] == 2 and abs(summary["headline_mean"] - sum(heads) / 2) < 1e-12
     assert summary["headline_ci"][0] <= min(heads) <= max(heads) <= summary["headline_ci"][1]
     assert "95% CI over seeds" in (proj / "results/ablations/table.md").read_text()
+    # Both seeds were scored on the same test pieces: the split stays that of base.seed.
+    assert out["arms"]["mamba-s1"]["tokenize.split_seed"] == seed
+    tokens = [[o for o in yaml.safe_load(run(["git", "show", f"{experiment_rev(proj, name)}:dvc.lock"], proj).stdout)
+               ["stages"]["tokenize"]["outs"] if o["path"] == "data/tokens"] for name in ("w-mamba-s0", "w-mamba-s1")]
+    assert tokens[0] == tokens[1] != []
 
 
 def test_seed_summary_is_a_t_interval():

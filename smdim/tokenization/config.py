@@ -28,6 +28,9 @@ class TokenizeConfig:
     min_notes: int = 1  # pieces with fewer notes (after preprocessing) are skipped
     valid_fraction: float = 0.05  # share of pieces in the valid split (hash of the piece id)
     test_fraction: float = 0.05  # share of pieces in the test split
+    # Seed of the train/valid/test assignment; null = base.seed. A sweep over base.seed pins it, so
+    # every seed is scored on the same test pieces (flows.ablations --seeds).
+    split_seed: int | None = None
     shard_rows: int = 5000  # max rows per Parquet shard
     shard_mb: float = 64.0  # max (uncompressed token) MB per shard
     zstd_level: int = 9  # zstd compression level of the shards (1..22)
