@@ -211,7 +211,7 @@ def test_cli_defaults_are_the_sample_sections():
         cfg.confidence, cfg.remask, cfg.remask_eta, cfg.top_k, cfg.top_p)
     plain = types.SimpleNamespace(sample_defaults={})
     assert cli._confidence_noise(args, plain) == cfg.confidence_noise
-    assert cli._confidence_noise(args, types.SimpleNamespace(sample_defaults={"confidence_noise": 0.5})) == 0.5
+    assert cli._confidence_noise(args, types.SimpleNamespace(sample_defaults={"confidence_noise": 0.25})) == 0.25
     # No --checkpoint: sample.checkpoint once it exists, else the shipped pretrained model.
     assert args.checkpoint is None and cli._checkpoint(args) in (cfg.checkpoint, str(PRETRAINED))
 

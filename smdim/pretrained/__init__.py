@@ -45,7 +45,7 @@ def export(src: str | Path, dst: str | Path = PRETRAINED) -> Path:
         collections=list(old.get("collections", [])), weights_dtype="float16", preset=PRESET,
     )
     # The preset's sampler settings travel with the weights: `smdim generate` uses them unless told
-    # otherwise (this model wants confidence_noise; the global default suits the small model).
+    # otherwise, whatever the global defaults become later.
     preset = (load_params(PRESET_FILE).get("sample") or {}) if PRESET_FILE.is_file() else {}
     checked = to_dict(build(SampleConfig, preset, f"{PRESET}:sample"))
     extra["sample_defaults"] = {k: checked[k] for k in preset}

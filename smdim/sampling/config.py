@@ -29,7 +29,7 @@ class SampleConfig:
     steps: int = 32  # denoising steps S per piece (any S >= 1; the training T is the upper useful limit)
     temperature: float = 0.8  # softmax temperature of the token draws (0 = greedy; see docs/sampling_study.md)
     unmask_schedule: UnmaskSchedule = "cosine"  # confidence method: masked share per step
-    confidence_noise: float = 0.0  # confidence method: Gumbel noise scale on confidences (annealed to 0)
+    confidence_noise: float = 0.5  # confidence method: Gumbel noise scale on confidences (annealed to 0)
     confidence: ConfidenceScore = "logprob"  # confidence method: rank slots by the drawn token's log-prob,
     # the top-2 probability margin (Kim et al. 2025) or minus the entropy
     block_tokens: int = 0  # confidence method: 0 = rank all slots at once; N = finish N-token blocks

@@ -18,7 +18,7 @@ RESUMABLE_FIELDS = frozenset(
 class TrainConfig:
     seq_len: int = 256  # tokens per training window (paper: 2048)
     batch_size: int = 16  # windows per optimizer step, summed over all DDP ranks
-    steps: int = 500  # optimizer steps in total (another value starts fresh: the lr schedule depends on it)
+    steps: int = 1360  # optimizer steps in total (another value starts fresh: the lr schedule depends on it)
     lr: float = 2e-3  # peak AdamW learning rate
     weight_decay: float = 0.01  # AdamW decay on matrices (never on norms, biases, embeddings)
     betas: tuple[float, ...] = (0.9, 0.98)  # AdamW (beta1, beta2)
