@@ -43,6 +43,8 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
                    help="confidence sampler: Gumbel noise on the unmasking order, annealed to 0 (default: "
                         f"the checkpoint's sample_defaults if it has them, like the shipped model, else "
                         f"{DEFAULTS.confidence_noise})")
+    p.add_argument("--block-tokens", type=int, default=DEFAULTS.block_tokens, metavar="N",
+                   help="confidence sampler: finish N-token blocks left to right, 0 = whole piece (default: %(default)s)")
     p.add_argument("--remask", choices=REMASK_STRATEGIES, default=DEFAULTS.remask,
                    help="remdm sampler: remasking strategy (default: %(default)s)")
     p.add_argument("--remask-eta", type=float, default=DEFAULTS.remask_eta,
@@ -182,6 +184,7 @@ def _sampler_kw(args, composer, ban_prefixes=()) -> dict:
         "steps": args.steps,
         "temperature": args.temperature,
         "confidence": args.confidence,
+        "block_tokens": args.block_tokens,
         "remask": args.remask,
         "remask_eta": args.remask_eta,
         "top_k": args.top_k,

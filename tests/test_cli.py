@@ -207,8 +207,8 @@ def test_cli_defaults_are_the_sample_sections():
     cfg = SampleConfig()
     assert (args.method, args.steps, args.temperature, args.tokens) == (
         cfg.method, cfg.steps, cfg.temperature, cfg.n_tokens)
-    assert (args.confidence, args.remask, args.remask_eta, args.top_k, args.top_p) == (
-        cfg.confidence, cfg.remask, cfg.remask_eta, cfg.top_k, cfg.top_p)
+    assert (args.confidence, args.block_tokens, args.remask, args.remask_eta, args.top_k, args.top_p) == (
+        cfg.confidence, cfg.block_tokens, cfg.remask, cfg.remask_eta, cfg.top_k, cfg.top_p)
     plain = types.SimpleNamespace(sample_defaults={})
     assert cli._confidence_noise(args, plain) == cfg.confidence_noise
     assert cli._confidence_noise(args, types.SimpleNamespace(sample_defaults={"confidence_noise": 0.25})) == 0.25
