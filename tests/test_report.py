@@ -26,6 +26,7 @@ from smdim.tokenization.config import TokenizeConfig
 from smdim.tokenization.decode import write_midi
 from smdim.tokenization.encode import encode_file
 from smdim.tokenization.tokenizer import build_tokenizer
+from smdim.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).parent / "dvc")
@@ -87,7 +88,7 @@ def test_changed_params_compare_with_the_dataclass_defaults():
     params["report"]["renderer"] = "synth"
     params["other_tool"] = {"x": 1}  # a section without a config class is ignored
     changed = {k: (v, d) for k, v, d in changed_params(params)}
-    assert changed["train.steps"] == (7, 500)
+    assert changed["train.steps"] == (7, TrainConfig().steps)
     assert changed["report.renderer"] == ("synth", "auto")
     assert not any(k.startswith(("model.", "other_tool")) for k in changed)
 
