@@ -224,18 +224,20 @@ def plan(project: Path, blocks: list[str], seeds: int, budget_s: float | None,
     wall-clock budget, measured once per block)."""
     params = load_params(project / "params.yaml")
     base_seed = int((params.get("base") or {}).get("seed", 0))
+    tokenize = build(TokenizeConfig, params.get("tokenize"), "tokenize")
     # The split follows base.seed unless pinned: pin it, so the seeds differ in training and
     # sampling only and every run is scored on the same test pieces.
-    split_seed = (params.get("tokenize") or {}).get("split_seed")
-    pin = {"tokenize.split_seed": base_seed if split_seed is None else split_seed} if seeds > 1 else {}
-    vocab = len(build_tokenizer(build(TokenizeConfig, params.get("tokenize"), "tokenize"))) if budget_s else 0
+    pin = {"tokenize.split_seed": tokenize.split_seed_for(base_seed)}
+    vocab = len(build_tokenizer(tokenize)) if budget_s else 0
     arms = {}
     for block in blocks:
         arm: dict[str, Any] = {"model.block": block}
         if budget_s:
             arm["train.steps"] = steps_for_budget(params, {**overrides, **arm}, budget_s, vocab, log, block)
-        for i in range(seeds):
-            arms[block if seeds == 1 else f"{block}-s{i}"] = {**arm, **({"base.seed": base_seed + i, **pin} if seeds > 1 else {})}
+        if seeds == 1:
+            arms[block] = arm
+        else:
+            arms.update({f"{block}-s{i}": {**arm, "base.seed": base_seed + i, **pin} for i in range(seeds)})
     return arms
 
 

@@ -25,8 +25,7 @@ def main() -> None:
     base = load_section(BaseConfig, "base")
     cfg = load_section(TokenizeConfig, "tokenize")
     t0 = time.perf_counter()
-    split_seed = base.seed if cfg.split_seed is None else cfg.split_seed
-    rows, skipped = tokenize_corpus(cfg, split_seed, base.workers)
+    rows, skipped = tokenize_corpus(cfg, cfg.split_seed_for(base.seed), base.workers)
     tokenizer, bpe_seconds = dataset_tokenizer(cfg, rows)
     seconds = time.perf_counter() - t0
     with atomic_dir(cfg.out_dir) as tmp:

@@ -35,6 +35,10 @@ class TokenizeConfig:
     shard_mb: float = 64.0  # max (uncompressed token) MB per shard
     zstd_level: int = 9  # zstd compression level of the shards (1..22)
 
+    def split_seed_for(self, base_seed: int) -> int:
+        """The seed of the train/valid/test assignment: split_seed if pinned, else base.seed."""
+        return base_seed if self.split_seed is None else self.split_seed
+
     def __post_init__(self) -> None:
         missing = [t for t in REQUIRED_SPECIAL if t not in self.special_tokens]
         if missing or self.special_tokens[0] != "PAD":
