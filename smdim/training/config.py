@@ -25,7 +25,7 @@ class TrainConfig:
     warmup_steps: int = 40  # linear warm-up from ~0 to lr (paper: 10k)
     min_lr_ratio: float = 0.1  # cosine decays lr to lr * min_lr_ratio at the last step
     grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
-    ema: float = 0.0  # EMA decay of the weights (e.g. 0.999); 0 = off
+    ema: float = 0.995  # EMA decay of the saved weights; 0 = off (docs/sampling_study.md, seventh round)
     eval_every: int = 100  # steps between validation losses (and at the last step)
     eval_batches: int = 4  # fixed validation batches per evaluation
     checkpoint_every: int = 50  # steps between resume checkpoints (models/checkpoints/last.pt)
