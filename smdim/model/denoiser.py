@@ -4,6 +4,7 @@
       -> strided Conv1d, kernel = stride = s: (B, ceil(L/s), D)   attention now costs (L/s)^2
       -> n_blocks x Block (mfa by default)
       -> ConvTranspose1d back to (B, L, D) (+ the embedding, a skip that keeps token identity)
+      -> refine_layers x TokenRefiner (B, L, D): token-level mixing over a few neighbours
       -> LayerNorm -> Linear head (B, L, V)
 
 The head scores every class including MASK and PAD: the x0-parameterised loss and the samplers
@@ -29,6 +30,7 @@ from torch import Tensor
 from smdim.errors import SmdimError
 from smdim.model.blocks import Block
 from smdim.model.config import ModelConfig
+from smdim.model.refine import TokenRefiner
 
 
 def time_embedding(t: Tensor, dim: int) -> Tensor:
@@ -59,6 +61,7 @@ class Denoiser(nn.Module):
         self.collection_embed = nn.Embedding(cfg.n_collections + 1, D) if cfg.collection_cond else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_blocks))
         self.up = nn.ConvTranspose1d(D, D, kernel_size=s, stride=s)
+        self.refine = nn.ModuleList(TokenRefiner(D, cfg.refine_kernel) for _ in range(cfg.refine_layers))
         self.norm = nn.LayerNorm(D)
         self.head = nn.Linear(D, cfg.vocab_size)
 
@@ -103,6 +106,8 @@ class Denoiser(nn.Module):
             h = h + emb
         if pad_mask is not None:
             h = h * pad_mask[..., None]
+        for layer in self.refine:
+            h = layer(h, pad_mask)  # (B, L, D)
         return self.head(self.norm(h))  # (B, L, V)
 
     def step(self, token: Tensor, state: StreamState) -> Tensor:
