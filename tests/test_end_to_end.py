@@ -29,15 +29,10 @@ def tiny_params(shared_data) -> dict:
     }
 
 
-@pytest.fixture
-def pipeline_project(make_project, shared_data):
+def test_repro_then_an_experiment_compared_with_metrics_diff(make_project, shared_data):
+    # One project for both halves: its `dvc repro` is the baseline the experiment is compared with.
     proj = make_project(tiny_params(shared_data))
     run([DVC, "repro", "report"], proj)
-    return proj
-
-
-def test_repro_produces_midi_pictures_and_metrics(pipeline_project):
-    proj = pipeline_project
     pieces = sorted((proj / "results/samples/pieces").glob("*.mid"))
     assert len(pieces) == 2
     for p in pieces:
@@ -61,9 +56,7 @@ def test_repro_produces_midi_pictures_and_metrics(pipeline_project):
     again = run([DVC, "repro", "report"], proj)
     assert "up to date" in again.stdout, again.stdout
 
-
-def test_experiment_compared_with_metrics_diff(pipeline_project):
-    proj = pipeline_project
+    # An experiment on top of that run, compared with `dvc metrics diff`.
     run(["git", "add", "-A"], proj)
     run(["git", "commit", "-qm", "baseline mfa"], proj)
     base = json.loads((proj / "results/evaluate/metrics.json").read_text())["oa"]["average"]

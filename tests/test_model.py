@@ -14,6 +14,7 @@ from smdim.model.checkpoint import load_checkpoint, save_checkpoint
 from smdim.model.config import BLOCK_TYPES, ModelConfig
 from smdim.model.denoiser import Denoiser
 from smdim.model.mamba import Mamba
+from smdim.model.refine import TokenRefiner
 
 V = 40
 # mamba_ssm.modules.mamba_simple.Mamba's state_dict with its defaults (bias=False, conv_bias=True),
@@ -125,11 +126,11 @@ def test_any_length(L):
     assert model(torch.randint(0, V, (2, L))).shape == (2, L, V)
 
 
-@pytest.mark.parametrize("block", ["mfa", "transformer"])
-def test_pad_mask_matches_unpadded_rows(block):
+@pytest.mark.parametrize("block,refine", [("mfa", 0), ("transformer", 0), ("mfa", 2)])
+def test_pad_mask_matches_unpadded_rows(block, refine):
     """A right-padded row gives the same logits on its real tokens as the row alone."""
     torch.manual_seed(0)
-    model = Denoiser(tiny(block=block)).eval()
+    model = Denoiser(tiny(block=block, refine_layers=refine, refine_kernel=5)).eval()
     g = torch.Generator().manual_seed(3)
     short, full = torch.randint(0, V, (1, 10), generator=g), torch.randint(0, V, (1, 16), generator=g)
     batch = torch.cat([torch.cat([short, torch.randint(0, V, (1, 6), generator=g)], 1), full])
@@ -138,6 +139,21 @@ def test_pad_mask_matches_unpadded_rows(block):
     out = model(batch, pad_mask=mask)
     torch.testing.assert_close(out[0, :10], model(short)[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out[1], model(full)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_refinement_layer_reads_a_centred_window_of_tokens():
+    """Output i of a TokenRefiner changes with input j exactly when |i - j| <= kernel // 2."""
+    torch.manual_seed(0)
+    layer = TokenRefiner(8, kernel=5).eval()
+    x = torch.randn(1, 20, 8)
+    y = x.clone()
+    y[0, 10] += 1.0
+    changed = ((layer(x, None) - layer(y, None)).abs().amax(-1)[0] > 0).nonzero().flatten().tolist()
+    assert changed == [8, 9, 10, 11, 12]
+    with pytest.raises(ValueError, match="refine_kernel must be odd"):
+        tiny(refine_layers=1, refine_kernel=4)
+    with pytest.raises(ValueError, match="refine_layers is implemented for objective=diffusion"):
+        tiny(refine_layers=1, objective="autoregressive")
 
 
 def test_pad_mask_must_be_right_padding():

@@ -40,47 +40,43 @@ def test_second_clone_pulls_instead_of_retraining(make_project, shared_data, tmp
     assert json.loads(run([DVC, "status", "--cloud", "--json"], b).stdout) == {}
 
 
-def test_block_ablation_is_one_command(make_project, shared_data):
-    """flows.ablations queues one DVC experiment per block, runs the queue and tabulates them."""
+def test_block_ablation_is_one_command_at_equal_wall_clock_over_seeds(make_project, shared_data):
+    """flows.ablations queues one DVC experiment per block and seed, runs the queue and tabulates
+    them. --budget-s sets train.steps from each block's measured step time; --seeds K runs every
+    block with base.seed, base.seed + 1, ... and summarises the seeds (mean, t-interval) per block."""
     proj = make_project(tiny_params(shared_data), name="sweep")
-    p = run([sys.executable, "-m", "flows.ablations", "--blocks", "mamba", "transformer", "--jobs", "1",
-             "-S", "train.steps=4", "--prefix", "t", "--project-dir", str(proj)], ROOT)
-    table = (proj / "results/ablations/table.md").read_text()
-    assert "| mamba | t-mamba |" in table and "| transformer | t-transformer |" in table, p.stdout
-    rows = json.loads((proj / "results/ablations/table.json").read_text())["rows"]
-    assert [r["block"] for r in rows] == ["mamba", "transformer"]
+    p = run([sys.executable, "-m", "flows.ablations", "--blocks", "mamba", "transformer", "--seeds", "2",
+             "--budget-s", "0.3", "--jobs", "1", "--prefix", "w", "--project-dir", str(proj)], ROOT)
+    out = json.loads((proj / "results/ablations/table.json").read_text())
+    rows, summary = out["rows"], out["by_block"]
+    seed = yaml.safe_load((proj / "params.yaml").read_text())["base"]["seed"]
+    names = ["w-mamba-s0", "w-mamba-s1", "w-transformer-s0", "w-transformer-s1"]
+    assert [r["experiment"] for r in rows] == names, p.stdout
+    assert [r["block"] for r in rows] == ["mamba", "mamba", "transformer", "transformer"]
+    assert [r["seed"] for r in rows] == [seed, seed + 1] * 2
+    for block, (a, b) in (("mamba", rows[:2]), ("transformer", rows[2:])):
+        assert a["steps"] == b["steps"] == out["arms"][f"{block}-s0"]["train.steps"] >= 3  # warm-up + 1
+        assert a["val_loss"] != b["val_loss"]  # the seed reached the model
+    assert rows[0]["val_loss"] != rows[2]["val_loss"]  # the block reached the model
     assert all(0 <= r["headline"] <= 1 and r["val_loss"] > 0 and r["train_s"] > 0 for r in rows)
     assert all(r["headline_ci"][0] <= r["headline"] <= r["headline_ci"][1] for r in rows)
-    assert rows[0]["val_loss"] != rows[1]["val_loss"]  # two different models were trained
+    assert [s["block"] for s in summary] == ["mamba", "transformer"]
+    for s, pair in zip(summary, (rows[:2], rows[2:]), strict=True):
+        heads = [r["headline"] for r in pair]
+        assert s["seeds"] == 2 and abs(s["headline_mean"] - sum(heads) / 2) < 1e-12
+        assert s["headline_ci"][0] <= min(heads) <= max(heads) <= s["headline_ci"][1]
+    table = (proj / "results/ablations/table.md").read_text()
+    assert "| mamba | w-mamba-s0 |" in table and "| transformer | w-transformer-s1 |" in table, table
+    assert "95% CI over seeds" in table
     assert (proj / "results/ablations/table.png").read_bytes()[:4] == b"\x89PNG"
-    shown = json.loads(run([DVC, "exp", "show", "--json"], proj).stdout)
-    assert {"t-mamba", "t-transformer"} <= _experiment_names(shown)
+    assert set(names) <= _experiment_names(json.loads(run([DVC, "exp", "show", "--json"], proj).stdout))
+    # Every run was scored on the same test pieces: the split stays that of base.seed.
+    assert out["arms"]["transformer-s1"]["tokenize.split_seed"] == seed
+    tokens = [[o for o in yaml.safe_load(run(["git", "show", f"{experiment_rev(proj, name)}:dvc.lock"], proj).stdout)
+               ["stages"]["tokenize"]["outs"] if o["path"] == "data/tokens"] for name in names]
+    assert tokens[0] != [] and all(t == tokens[0] for t in tokens)
     params = yaml.safe_load((proj / "params.yaml").read_text())
     assert params["model"]["block"] == "mfa" and params["train"]["steps"] == 6  # workspace untouched
-
-
-def test_block_ablation_at_equal_wall_clock_over_seeds(make_project, shared_data):
-    """--budget-s sets train.steps from the block's measured step time; --seeds K runs it with
-    base.seed, base.seed + 1, ... and summarises the seeds (mean, t-interval) per block."""
-    proj = make_project(tiny_params(shared_data), name="sweep_seeds")
-    run([sys.executable, "-m", "flows.ablations", "--blocks", "mamba", "--seeds", "2", "--budget-s", "0.3",
-         "--prefix", "w", "--project-dir", str(proj)], ROOT)
-    out = json.loads((proj / "results/ablations/table.json").read_text())
-    rows, [summary] = out["rows"], out["by_block"]
-    seed = yaml.safe_load((proj / "params.yaml").read_text())["base"]["seed"]
-    assert [r["experiment"] for r in rows] == ["w-mamba-s0", "w-mamba-s1"]
-    assert [r["seed"] for r in rows] == [seed, seed + 1]
-    assert rows[0]["steps"] == rows[1]["steps"] == out["arms"]["mamba-s0"]["train.steps"] >= 3  # warm-up + 1
-    assert rows[0]["val_loss"] != rows[1]["val_loss"]  # the seed reached the model
-    heads = [r["headline"] for r in rows]
-    assert summary["seeds"] == 2 and abs(summary["headline_mean"] - sum(heads) / 2) < 1e-12
-    assert summary["headline_ci"][0] <= min(heads) <= max(heads) <= summary["headline_ci"][1]
-    assert "95% CI over seeds" in (proj / "results/ablations/table.md").read_text()
-    # Both seeds were scored on the same test pieces: the split stays that of base.seed.
-    assert out["arms"]["mamba-s1"]["tokenize.split_seed"] == seed
-    tokens = [[o for o in yaml.safe_load(run(["git", "show", f"{experiment_rev(proj, name)}:dvc.lock"], proj).stdout)
-               ["stages"]["tokenize"]["outs"] if o["path"] == "data/tokens"] for name in ("w-mamba-s0", "w-mamba-s1")]
-    assert tokens[0] == tokens[1] != []
 
 
 def test_seed_summary_is_a_t_interval():

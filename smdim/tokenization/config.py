@@ -17,6 +17,9 @@ class TokenizeConfig:
     # REMI: {"<first beat>_<last beat>": positions per beat}, as miditok's beat_res.
     beat_res: dict[str, int] = field(default_factory=lambda: {"0_4": 8, "4_12": 4})
     num_velocities: int = 32  # velocity bins (1..127 quantised into this many)
+    # Velocity tokens after each Pitch. Off: notes are (Pitch, Duration) and decode at miditok's
+    # default velocity, for corpora whose velocities carry nothing (the embedded one is all 91).
+    use_velocities: bool = True
     pitch_range: list[int] = field(default_factory=lambda: [21, 109])  # MIDI pitches kept, [low, high)
     use_tempos: bool = False  # add Tempo tokens
     use_time_signatures: bool = False  # add TimeSig tokens (off: bars assume 4/4)

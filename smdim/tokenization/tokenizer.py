@@ -22,6 +22,7 @@ def build_tokenizer(cfg: TokenizeConfig) -> miditok.REMI:
         pitch_range=tuple(cfg.pitch_range),
         beat_res=beat_res,
         num_velocities=cfg.num_velocities,
+        use_velocities=cfg.use_velocities,
         special_tokens=list(cfg.special_tokens),
         use_tempos=cfg.use_tempos,
         use_time_signatures=cfg.use_time_signatures,
