@@ -281,3 +281,24 @@ def test_generated_set_without_usable_pieces_scores_zero(shared_data):
     assert res["n_generated"] == 0
     assert res["oa"]["average"] == 0.0
     assert res["skipped"]["generated"]["empty"] == 1
+
+
+def test_line_metrics_tell_a_drone_from_a_melody(shared_data):
+    """The top line of a chord progression is its highest voice; a drone scores a high top-pitch
+    share and many repeats, a stepwise tune many steps; real folk-song-like POP909 melodies neither."""
+    from smdim.metrics.line import piece_line_metrics, top_line
+
+    # Two voices: the lower one (48) must not enter the line; onsets 0, 480, 960, 1440.
+    chords = make_score([[(0, 480, 67, 90), (480, 480, 69, 90), (960, 480, 67, 90), (1440, 480, 72, 90)],
+                         [(t, 480, 48, 90) for t in (0, 480, 960, 1440)]])
+    assert top_line(np.array([0, 0, 480, 480, 960, 1440]), np.array([48, 67, 48, 69, 67, 72])).tolist() == [67, 69, 67, 72]
+    m = piece_line_metrics(chords)
+    assert m == {"top_pitch_share": 0.5, "step_share": 2 / 3, "repeat_share": 0.0}
+    drone = piece_line_metrics(make_score([[(i * 240, 240, 69 if i % 4 else 74, 90) for i in range(16)]]))
+    assert drone["top_pitch_share"] == 12 / 16 and drone["repeat_share"] == pytest.approx(8 / 15)
+    assert drone["step_share"] == 0.0
+    scale = piece_line_metrics(make_score([[(i * 240, 240, p, 90) for i, p in enumerate([60, 62, 64, 65, 67, 69, 71, 72])]]))
+    assert scale == {"top_pitch_share": 1 / 8, "step_share": 1.0, "repeat_share": 0.0}
+    assert all(np.isnan(v) for v in piece_line_metrics(make_score([[(0, 480, 60, 90)]])).values())
+    song = piece_line_metrics(symusic.Score(str(sorted((shared_data / "pop909").glob("*.mid"))[0])))
+    assert song["top_pitch_share"] < 0.3 and song["repeat_share"] < 0.5

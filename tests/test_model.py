@@ -111,7 +111,7 @@ def test_bidirectional_denoiser_is_non_causal():
 def test_unidirectional_mamba_is_causal_across_windows():
     """Without attention and with one scan direction, window k sees only windows <= k."""
     torch.manual_seed(0)
-    model = Denoiser(tiny(block="mamba", bidirectional=False)).eval()
+    model = Denoiser(tiny(block="mamba", bidirectional=False, refine_layers=0)).eval()  # centred refinement looks ahead
     x = torch.randint(0, V, (1, 30))
     y = x.clone()
     y[0, 13] = (x[0, 13] + 1) % V  # window 3 (positions 12..15) with stride 4
@@ -152,8 +152,27 @@ def test_refinement_layer_reads_a_centred_window_of_tokens():
     assert changed == [8, 9, 10, 11, 12]
     with pytest.raises(ValueError, match="refine_kernel must be odd"):
         tiny(refine_layers=1, refine_kernel=4)
-    with pytest.raises(ValueError, match="refine_layers is implemented for objective=diffusion"):
-        tiny(refine_layers=1, objective="autoregressive")
+    causal = TokenRefiner(8, kernel=5, causal=True).eval()
+    changed = ((causal(x, None) - causal(y, None)).abs().amax(-1)[0] > 0).nonzero().flatten().tolist()
+    assert changed == [10, 11, 12, 13, 14]
+    # step() gives forward()'s numbers one token at a time
+    with torch.no_grad():
+        past, outs = None, []
+        for i in range(20):
+            out, past = causal.step(x[:, i], past)
+            outs.append(out)
+        torch.testing.assert_close(torch.stack(outs, 1), causal(x, None), rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_without_refine_layers_loads_as_none(tmp_path):
+    """A checkpoint from before model.refine_layers existed rebuilds without refinement layers."""
+    model = Denoiser(tiny(refine_layers=0))
+    save_checkpoint(tmp_path / "old.pt", model)
+    payload = torch.load(tmp_path / "old.pt", weights_only=True)
+    del payload["config"]["refine_layers"]
+    torch.save(payload, tmp_path / "old.pt")
+    again, _ = load_checkpoint(tmp_path / "old.pt")
+    assert again.cfg.refine_layers == 0 and len(again.refine) == 0
 
 
 def test_pad_mask_must_be_right_padding():

@@ -267,6 +267,22 @@ def test_grammar_masks_leave_no_invalid_transition_on_random_logits(remi, method
     assert torch.equal(out, again)  # seeded
 
 
+def test_grammar_without_velocity_tokens_puts_duration_after_pitch():
+    """tokenize.use_velocities: false drops Velocity from the vocabulary; the grammar follows it."""
+    tok = miditok.REMI(miditok.TokenizerConfig(special_tokens=["PAD", "BOS", "EOS", "MASK"], use_velocities=False))
+    assert not any(name.startswith("Velocity") for name in tok.vocab)
+    piano = lambda n: -1e4 if n.startswith(("PitchDrum", "TimeSig", "Tempo", "Program")) else 0.0  # noqa: E731
+    model, mask_id = remi_toy(tok, piano, seed=5), tok["MASK_None"]
+    out = sample(model, 120, mask_id=mask_id, steps=16, method="confidence", batch_size=3, generator=gen(2),
+                 constraints=make_constraints(tok))
+    follows = {"Bar": {"Bar", "Position"}, "Position": {"Pitch"}, "Pitch": {"Duration"},
+               "Duration": {"Pitch", "Position", "Bar"}}
+    for row in out:
+        kinds = [tok[int(i)].split("_")[0] for i in row]
+        assert kinds[0] == "Bar" and all(b in follows[a] for a, b in zip(kinds, kinds[1:], strict=False)), kinds
+        assert "Pitch" in kinds
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_grammar_and_scale_keep_fixed_tokens(remi, method):
     model, mask_id = remi_toy(remi, lambda n: -1e4 if n.startswith("PitchDrum") else 0.0, seed=4), remi["MASK_None"]

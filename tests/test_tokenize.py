@@ -78,6 +78,20 @@ def _unmatched(a: np.ndarray, b: np.ndarray) -> int:
     return missing
 
 
+def test_without_velocities_notes_are_pitch_then_duration(tok, shared_data):
+    """tokenize.use_velocities: false: no Velocity tokens, a quarter fewer tokens per note, and the
+    same notes (onset, duration, pitch) after decoding."""
+    plain = build_tokenizer(dataclasses.replace(CFG, use_velocities=False))
+    path = sorted((shared_data / "pop909").glob("*.mid"))[0]
+    ids, with_velocity = encode_file(plain, path), encode_file(tok, path)
+    names = [plain[i] for i in ids]
+    assert not any(n.startswith("Velocity") for n in names)
+    assert all(b.startswith("Duration") for a, b in zip(names, names[1:], strict=False) if a.startswith("Pitch"))
+    n_notes = sum(n.startswith("Pitch") for n in names)
+    assert len(with_velocity) - len(ids) == n_notes > 100
+    np.testing.assert_array_equal(_notes(tokens_to_score(plain, ids)), _notes(tokens_to_score(tok, with_velocity)))
+
+
 def test_special_tokens_and_reload(tok, tmp_path):
     assert tok["PAD_None"] == 0 and "MASK_None" in tok.vocab
     tok.save(tmp_path / "tokenizer.json")

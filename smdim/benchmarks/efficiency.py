@@ -44,10 +44,11 @@ def row_specs(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
 
 
 def model_config(cfg: BenchmarkConfig, row: dict[str, Any]) -> ModelConfig:
-    """Equal width and depth for every row; only the block type and stride differ."""
+    """Equal width and depth for every row; only the block type and stride differ. No token-level
+    refinement layer: the rows compare the paper's denoisers, and that layer costs every row the same."""
     return ModelConfig(
         vocab_size=cfg.vocab_size, block=row["block"], d_model=cfg.d_model, n_heads=cfg.n_heads,
-        n_blocks=cfg.n_blocks, stride=row["stride"], d_state=cfg.d_state, expand=cfg.expand,
+        n_blocks=cfg.n_blocks, stride=row["stride"], d_state=cfg.d_state, expand=cfg.expand, refine_layers=0,
     )
 
 

@@ -22,6 +22,7 @@ from smdim.errors import SmdimError
 from smdim.metrics.bootstrap import bootstrap_oa
 from smdim.metrics.config import EvaluateConfig
 from smdim.metrics.features import ATTRIBUTES, EMPTY, SINGLE_ONSET, UNREADABLE
+from smdim.metrics.line import LINE_METRICS, piece_line_metrics
 from smdim.metrics.memorisation import melody_ngrams, memorisation
 from smdim.metrics.muspy_metrics import muspy_summary
 from smdim.metrics.oa import Support, is_constant, set_oa
@@ -157,6 +158,8 @@ def evaluate_run(
     long_generated = main["scores"]["generated"] + [s for r in by_length["scores"] for s in r]
     memo = _memorisation(main["scores"]["generated"], ref_main, train, decode) if cfg.memorisation else None
     by_collection = _oa_by_collection(collection_sets(samples_dir), test, cfg, seed, crops, crop, kw)
+    sets = {"generated": main["scores"]["generated"], "test": main["scores"]["reference"],
+            "train": ceiling["scores"]["generated"]}
 
     out = {
         "headline": main["headline"],
@@ -186,8 +189,8 @@ def evaluate_run(
             "reference": main["skipped"]["reference"],
             "ceiling": ceiling["skipped"]["generated"],
         },
-        "muspy": muspy_summary({"generated": main["scores"]["generated"], "test": main["scores"]["reference"],
-                                "train": ceiling["scores"]["generated"]}),
+        "muspy": muspy_summary(sets),
+        "line": muspy_summary(sets, piece_line_metrics, LINE_METRICS),
         "srs": _structure(long_generated, [decode(list(t)) for t in ref_rows["tokens"]], cfg),
         "feature_means": {
             "generated": main["feature_means"]["generated"],

@@ -8,7 +8,7 @@ undefined (e.g. groove consistency of a one-bar piece); set statistics skip thos
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import muspy
 import numpy as np
@@ -16,6 +16,7 @@ import symusic
 
 from smdim.metrics.features import in_ticks, merged_notes
 
+PieceMetrics = Callable[[symusic.Score], dict[str, float]]
 RESOLUTION = muspy.DEFAULT_RESOLUTION  # ticks per beat of the muspy.Music
 METRICS = (
     "pitch_class_entropy",
@@ -62,11 +63,13 @@ def piece_metrics(score: symusic.Score) -> dict[str, float]:
     }
 
 
-def set_metrics(scores: Iterable[symusic.Score]) -> dict[str, dict[str, float | None]]:
-    """metric -> {"mean", "sd", "n"} over the pieces where it is defined (mean/sd None if none)."""
-    rows = [piece_metrics(s) for s in scores]
+def set_metrics(scores: Iterable[symusic.Score], piece: PieceMetrics = piece_metrics,
+                names: Sequence[str] = METRICS) -> dict[str, dict[str, float | None]]:
+    """metric -> {"mean", "sd", "n"} over the pieces where it is defined (mean/sd None if none);
+    `piece` computes the `names` of one piece (default: the muspy metrics)."""
+    rows = [piece(s) for s in scores]
     out: dict[str, dict[str, float | None]] = {}
-    for m in METRICS:
+    for m in names:
         v = np.array([r[m] for r in rows], dtype=np.float64)
         v = v[np.isfinite(v)]
         out[m] = {"mean": float(v.mean()) if len(v) else None,
@@ -74,13 +77,14 @@ def set_metrics(scores: Iterable[symusic.Score]) -> dict[str, dict[str, float | 
     return out
 
 
-def muspy_summary(sets: Mapping[str, Sequence[symusic.Score]]) -> dict:
+def muspy_summary(sets: Mapping[str, Sequence[symusic.Score]], piece: PieceMetrics = piece_metrics,
+                  names: Sequence[str] = METRICS) -> dict:
     """Statistics per set (e.g. generated, test, train) plus gap = generated mean - test mean."""
-    out: dict = {name: set_metrics(scores) for name, scores in sets.items()}
+    out: dict = {name: set_metrics(scores, piece, names) for name, scores in sets.items()}
     gen, test = out.get("generated", {}), out.get("test", {})
     out["gap"] = {
         m: (gen[m]["mean"] - test[m]["mean"]
             if gen.get(m, {}).get("mean") is not None and test.get(m, {}).get("mean") is not None else None)
-        for m in METRICS
+        for m in names
     }
     return out

@@ -33,7 +33,7 @@ def _oa_table(result: dict) -> list[str]:
     return lines
 
 
-def _muspy_table(m: dict) -> list[str]:
+def _set_table(m: dict) -> list[str]:
     lines = ["| metric | generated | test | train | gap (generated - test) |", "|---|---:|---:|---:|---:|"]
     for name, gap in m["gap"].items():
         cells = [f"{_num(m[s][name]['mean'])} ± {_num(m[s][name]['sd'])}" for s in ("generated", "test", "train")]
@@ -75,7 +75,11 @@ def markdown_report(result: dict, seconds: float | None = None) -> str:
             lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
     if result.get("muspy"):
         lines += ["", "## muspy metrics", "", "Per piece (mean ± sd over the usable pieces; the test and "
-                  "train pieces are the OA crops):", "", *_muspy_table(result["muspy"])]
+                  "train pieces are the OA crops):", "", *_set_table(result["muspy"])]
+    if result.get("line"):
+        lines += ["", "## Melodic line", "", "The top line (highest pitch per onset): share of notes on the most "
+                  "frequent pitch (drones score high), stepwise moves (1-2 semitones) and repeated pitches "
+                  "between successive onsets (smdim/metrics/line.py):", "", *_set_table(result["line"])]
     srs = result.get("srs")
     if srs:
         lines += ["", "## Structure: Section Recurrence Score", "",

@@ -59,6 +59,11 @@ def read_payload(path: Path, map_location: str) -> Any:
         raise SmdimError(f"{path}: not a readable checkpoint ({reason}); delete it and retrain") from None
 
 
+# ModelConfig fields newer than some checkpoints, with what their absence means (the layer did not
+# exist yet), so a newer default never changes an older model's architecture.
+ABSENT_MEANS = {"refine_layers": 0}
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> tuple[Denoiser, dict]:
     """Rebuild the Denoiser from a checkpoint; returns (model in eval mode, extra dict)."""
     path = Path(path)
@@ -71,8 +76,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> tuple
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise SmdimError(f"{path}: not an smdim denoiser checkpoint (expected format {FORMAT}); "
                          "use models/model.pt from the train stage")
+    # Fields added after a checkpoint was written take the value that matches its weights.
+    config = {**ABSENT_MEANS, **payload["config"]}
     try:
-        cfg = build(ModelConfig, payload["config"], f"{path}:config")
+        cfg = build(ModelConfig, config, f"{path}:config")
     except ConfigError as e:
         raise SmdimError(f"{e}; the checkpoint is from an incompatible smdim version") from None
     model = Denoiser(cfg)

@@ -35,10 +35,11 @@ class ModelConfig:
     # train.collection_dropout windows unconditional (the extra "none" vector)
     collection_cond: bool = False
     n_collections: int = 0  # filled in by training from the train split when collection_cond is on
-    # diffusion: token-level layers after the transposed conv (depthwise conv over refine_kernel
-    # tokens + MLP), so a masked token reads its decoded neighbours directly; 0 = none
-    refine_layers: int = 0
-    refine_kernel: int = 9  # window of each refinement layer, in tokens (odd: centred)
+    # Token-level layers after the transposed conv (depthwise conv over refine_kernel tokens + MLP),
+    # so a masked token reads its decoded neighbours directly; 0 = none. A checkpoint saved before
+    # this field existed has none (smdim.model.checkpoint).
+    refine_layers: int = 1
+    refine_kernel: int = 9  # window of each refinement layer, in tokens (odd; centred for diffusion)
     scan_chunk: int = 32  # chunk of the fallback chunked scan (no C++ compiler, non-CPU); speed only
 
     @property
@@ -65,8 +66,6 @@ class ModelConfig:
             (self.n_collections >= 0, "n_collections must be >= 0"),
             (self.refine_layers >= 0, "refine_layers must be >= 0"),
             (self.refine_kernel >= 1 and self.refine_kernel % 2 == 1, "refine_kernel must be odd and >= 1"),
-            (not (self.refine_layers and self.causal),
-             "refine_layers is implemented for objective=diffusion only (set it to 0)"),
             (not (self.collection_cond and self.causal),
              "collection_cond is implemented for objective=diffusion only"),
         ]

@@ -4,7 +4,8 @@
       -> strided Conv1d, kernel = stride = s: (B, ceil(L/s), D)   attention now costs (L/s)^2
       -> n_blocks x Block (mfa by default)
       -> ConvTranspose1d back to (B, L, D) (+ the embedding, a skip that keeps token identity)
-      -> refine_layers x TokenRefiner (B, L, D): token-level mixing over a few neighbours
+      -> refine_layers x TokenRefiner (B, L, D): token-level mixing over a few neighbours (causal
+         window for autoregressive models)
       -> LayerNorm -> Linear head (B, L, V)
 
 The head scores every class including MASK and PAD: the x0-parameterised loss and the samplers
@@ -61,7 +62,8 @@ class Denoiser(nn.Module):
         self.collection_embed = nn.Embedding(cfg.n_collections + 1, D) if cfg.collection_cond else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_blocks))
         self.up = nn.ConvTranspose1d(D, D, kernel_size=s, stride=s)
-        self.refine = nn.ModuleList(TokenRefiner(D, cfg.refine_kernel) for _ in range(cfg.refine_layers))
+        self.refine = nn.ModuleList(TokenRefiner(D, cfg.refine_kernel, causal=cfg.causal)
+                                    for _ in range(cfg.refine_layers))
         self.norm = nn.LayerNorm(D)
         self.head = nn.Linear(D, cfg.vocab_size)
 
@@ -129,6 +131,10 @@ class Denoiser(nn.Module):
         h = state.up[:, i % s]  # (B, D)
         if self.cfg.skip:
             h = h + emb
+        if not state.refine:
+            state.refine = [None] * len(self.refine)
+        for k, layer in enumerate(self.refine):
+            h, state.refine[k] = layer.step(h, state.refine[k])  # (B, D)
         state.pos += 1
         return self.head(self.norm(h))  # (B, V)
 
@@ -141,6 +147,7 @@ class StreamState:
     window: Tensor | None = None  # (B, s, D): embeddings of the last s tokens (zeros before 0)
     up: Tensor | None = None  # (B, s, D): upsampled output of the current coarse position
     layers: list[list[dict]] = field(default_factory=list)  # per block, per sublayer: its state
+    refine: list[Tensor | None] = field(default_factory=list)  # per refinement layer: its last kernel - 1 inputs
 
 
 # Both convolutions have kernel == stride, so they are reshapes around one matmul; written that
