@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import run
 
@@ -61,3 +62,15 @@ def test_budget_skips_longer_cells_with_reason():
     for length in (32, 64):
         assert cells[length]["status"] == "skipped"
         assert "time_budget" in cells[length]["reason"]
+
+
+def test_reference_scan_extrapolates_at_least_quadratically():
+    from smdim.benchmarks.scan_speed import predict_reference
+
+    assert predict_reference([], 1024) == (None, 2.0)
+    # One measurement: quadratic.
+    assert predict_reference([(1024, 1.0)], 4096) == (16.0, 2.0)
+    # Two: the measured growth (x8 per doubling = L^3), never below L^2.
+    seconds, power = predict_reference([(1024, 1.0), (2048, 8.0)], 4096)
+    assert power == pytest.approx(3.0) and seconds == pytest.approx(64.0)
+    assert predict_reference([(1024, 1.0), (2048, 2.0)], 4096) == (8.0, 2.0)

@@ -30,7 +30,7 @@ class BenchmarkConfig:
     scan_lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192, 16384])  # scan speed
     scan_d_inner: int = 128  # channels of the scan speed test (= expand * d_model)
     scan_batch: int = 1  # batch of the scan speed test
-    scan_ref_budget: float = 30.0  # seconds: run the sequential reference only if predicted below
+    scan_ref_budget: float = 10.0  # seconds: run the sequential reference only if predicted below
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.blocks if b not in BLOCK_TYPES]
