@@ -9,7 +9,7 @@ import pretty_midi
 import pytest
 import symusic
 
-from smdim.metrics.muspy_metrics import METRICS, muspy_summary, piece_metrics
+from smdim.metrics.muspy_metrics import METRICS, piece_metrics, set_summary
 from smdim.metrics.structure import bar_vectors, n_bars, self_similarity, srs, srs_from_matrix
 
 TPQ = 480
@@ -89,7 +89,7 @@ def test_muspy_metrics_by_hand(tiny_midi):
 def test_muspy_summary_gap(tiny_midi):
     tiny = symusic.Score(str(tiny_midi))
     higher = symusic.Score(str(tiny_midi)).shift_pitch(12)
-    out = muspy_summary({"generated": [tiny, tiny], "test": [tiny, higher], "train": [symusic.Score(TPQ)]})
+    out = set_summary({"generated": [tiny, tiny], "test": [tiny, higher], "train": [symusic.Score(TPQ)]})
     assert out["generated"]["pitch_range"] == {"mean": 12.0, "sd": 0.0, "n": 2}
     assert out["gap"]["scale_consistency"] == pytest.approx(0.0)
     assert out["train"]["polyphony"] == {"mean": None, "sd": None, "n": 0}  # no notes: undefined

@@ -24,7 +24,7 @@ from smdim.metrics.config import EvaluateConfig
 from smdim.metrics.features import ATTRIBUTES, EMPTY, SINGLE_ONSET, UNREADABLE
 from smdim.metrics.line import LINE_METRICS, piece_line_metrics
 from smdim.metrics.memorisation import melody_ngrams, memorisation
-from smdim.metrics.muspy_metrics import muspy_summary
+from smdim.metrics.muspy_metrics import set_summary
 from smdim.metrics.oa import Support, is_constant, set_oa
 from smdim.metrics.pieces import FeatureSet, Piece, extract_features
 from smdim.metrics.reference import at_least, crop_scores, select_pieces
@@ -189,8 +189,8 @@ def evaluate_run(
             "reference": main["skipped"]["reference"],
             "ceiling": ceiling["skipped"]["generated"],
         },
-        "muspy": muspy_summary(sets),
-        "line": muspy_summary(sets, piece_line_metrics, LINE_METRICS),
+        "muspy": set_summary(sets),
+        "line": set_summary(sets, piece_line_metrics, LINE_METRICS),
         "srs": _structure(long_generated, [decode(list(t)) for t in ref_rows["tokens"]], cfg),
         "feature_means": {
             "generated": main["feature_means"]["generated"],

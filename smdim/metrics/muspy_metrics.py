@@ -77,9 +77,10 @@ def set_metrics(scores: Iterable[symusic.Score], piece: PieceMetrics = piece_met
     return out
 
 
-def muspy_summary(sets: Mapping[str, Sequence[symusic.Score]], piece: PieceMetrics = piece_metrics,
-                  names: Sequence[str] = METRICS) -> dict:
-    """Statistics per set (e.g. generated, test, train) plus gap = generated mean - test mean."""
+def set_summary(sets: Mapping[str, Sequence[symusic.Score]], piece: PieceMetrics = piece_metrics,
+                names: Sequence[str] = METRICS) -> dict:
+    """Statistics per set (e.g. generated, test, train) plus gap = generated mean - test mean, of
+    the muspy metrics or of any other per-piece metrics (`piece`, `names`)."""
     out: dict = {name: set_metrics(scores, piece, names) for name, scores in sets.items()}
     gen, test = out.get("generated", {}), out.get("test", {})
     out["gap"] = {

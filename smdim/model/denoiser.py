@@ -122,6 +122,7 @@ class Denoiser(nn.Module):
         if state.window is None:
             state.window = emb.new_zeros(emb.shape[0], s, emb.shape[1])
             state.layers = [[{} for _ in block.sublayers] for block in self.blocks]
+            state.refine = [None] * len(self.refine)
         state.window = torch.cat([state.window[:, 1:], emb[:, None]], dim=1)  # tokens i-s+1 .. i
         if i % s == 0:  # token js completes coarse position j: one pass through the blocks
             h = strided_conv(state.window, self.down.weight, self.down.bias)[:, 0]  # (B, D)
@@ -131,8 +132,6 @@ class Denoiser(nn.Module):
         h = state.up[:, i % s]  # (B, D)
         if self.cfg.skip:
             h = h + emb
-        if not state.refine:
-            state.refine = [None] * len(self.refine)
         for k, layer in enumerate(self.refine):
             h, state.refine[k] = layer.step(h, state.refine[k])  # (B, D)
         state.pos += 1
