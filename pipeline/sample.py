@@ -36,13 +36,14 @@ def main() -> None:
     t0 = time.perf_counter()
     with atomic_dir(cfg.out_dir) as out:
         pieces = write_set(composer, cfg, out, "pieces", cfg.n, cfg.n_tokens, seed,
-                           bars=cfg.bars, pianorolls=cfg.pianorolls)
+                           bars=cfg.bars, pianorolls=cfg.pianorolls, collection=cfg.collection)
         save_contact_sheet([out / p["file"] for p in pieces], out / "contact_sheet.png")
         (out / "by_length").mkdir()  # a declared dvc out, even when n_per_length is 0
         # These sets are never cut to `bars`: the curve is OA vs generated tokens.
         by_length = {
             str(length): write_set(composer, cfg, out, f"by_length/{length}", cfg.n_per_length, length,
-                                   length_seed(seed, length), bars=None, pianorolls=False)
+                                   length_seed(seed, length), bars=None, pianorolls=False,
+                                   collection=cfg.collection)
             for length in (cfg.lengths if cfg.n_per_length else [])
         }
         # One set per collection of a conditioned model, scored against that collection's test pieces.

@@ -58,9 +58,10 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
                    help="only pitches of this scale, e.g. C:major, D:dorian, C:pentatonic (Chinese gong)")
     p.add_argument("--no-grammar", dest="grammar", action="store_false", default=DEFAULTS.grammar,
                    help="do not mask tokens that break the REMI grammar")
-    p.add_argument("--collection", metavar="NAME",
+    p.add_argument("--collection", metavar="NAME", default=DEFAULTS.collection,
                    help="models trained with model.collection_cond: pieces of this collection, e.g. "
-                        "embedded/chorales, embedded/han1 (default: unconditional)")
+                        "embedded/chorales, embedded/han1; 'prior' draws one in the train split's shares, "
+                        "'none' asks for none (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: %(default)s)")
     p.add_argument("--png", action="store_true", help="also write a piano roll next to --out")
     p.add_argument("--audio", type=Path, metavar="FILE",
@@ -190,7 +191,7 @@ def _sampler_kw(args, composer, ban_prefixes=()) -> dict:
         "top_k": args.top_k,
         "top_p": args.top_p,
         "confidence_noise": _confidence_noise(args, composer),
-        "collection": args.collection,
+        "collection": None if args.collection == "none" else args.collection,
         "constraints": constraints_for(composer, args.pitch_range, args.max_polyphony, ban_prefixes,
                                        scale=args.scale, grammar=args.grammar),
     }

@@ -77,6 +77,19 @@ def test_streaming_equals_the_full_forward(block, stride):
     torch.testing.assert_close(steps, full, rtol=1e-4, atol=1e-5)
 
 
+def test_streaming_with_a_collection_equals_the_full_forward():
+    """A conditioned causal model: each row's collection vector enters step() as it enters forward()."""
+    model = causal_model(block="mfa", stride=4, collection_cond=True, n_collections=2)
+    x = torch.randint(0, V, (3, 21), generator=torch.Generator().manual_seed(4))
+    c = torch.tensor([1, 2, 0])
+    with torch.no_grad():
+        full = model(x, collection=c)
+        state = StreamState(collection=c)
+        steps = torch.stack([model.step(x[:, i], state) for i in range(x.shape[1])], dim=1)
+        assert not torch.allclose(full, model(x))
+    torch.testing.assert_close(steps, full, rtol=1e-4, atol=1e-5)
+
+
 def test_step_refuses_a_diffusion_model():
     model = Denoiser(ModelConfig(vocab_size=V, d_model=32, n_heads=2, n_blocks=1, d_state=4))
     with pytest.raises(SmdimError, match="autoregressive"):

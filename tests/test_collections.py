@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -66,8 +67,6 @@ def test_denoiser_collection_vector():
         torch.testing.assert_close(model(x), none)  # no collection = index 0, "none"
         torch.testing.assert_close(WithCollection(model, 1)(x), first)
     assert not torch.allclose(first, second) and not torch.allclose(none, first)
-    with pytest.raises(ValueError, match="diffusion only"):
-        ModelConfig(vocab_size=40, collection_cond=True, objective="autoregressive")
 
 
 @pytest.fixture(scope="module")
@@ -118,13 +117,15 @@ def test_generate_asks_for_a_collection(conditioned, tmp_path, capsys):
 
 
 def test_unconditioned_model_refuses_a_collection(tokens_dir, tmp_path, capsys):
-    train(BaseConfig(seed=3, device="cpu"), ModelConfig(**TINY_MODEL), DiffusionConfig(), TrainConfig(**TINY_TRAIN),
+    train(BaseConfig(seed=3, device="cpu"), ModelConfig(**TINY_MODEL, collection_cond=False), DiffusionConfig(), TrainConfig(**TINY_TRAIN),
           TrainPaths(tokens_dir, tmp_path / "models", tmp_path / "results"))
     assert load_checkpoint(tmp_path / "models/model.pt")[1]["collections"] == []
     with pytest.raises(SystemExit):
         cli(["generate", "--checkpoint", str(tmp_path / "models/model.pt"), "--collection", "pop909",
              "--out", str(tmp_path / "x.mid")])
     assert "trained without model.collection_cond" in capsys.readouterr().err
+    # "prior" on an unconditioned model: its own learned mix, i.e. unconditional sampling
+    assert load_composer(str(tmp_path / "models/model.pt")).collections_for("prior", 4, seed=0) == [None] * 4
 
 
 def test_per_collection_sets_are_scored_against_their_collection(conditioned, two_collections, tmp_path):
@@ -145,3 +146,40 @@ def test_per_collection_sets_are_scored_against_their_collection(conditioned, tw
     by = result["oa_by_collection"]
     assert set(by) == {"embedded/chorales", "embedded/han1"}
     assert all(v["n_reference"] == 2 and v["n_generated"] <= 4 and 0 <= v["headline"] <= 1 for v in by.values())
+
+
+def test_prior_mix_follows_the_train_split(conditioned, two_collections, tmp_path):
+    composer = load_composer(str(conditioned))
+    _, labels = load_split(two_collections, "train")
+    shares = [labels.count(name) / len(labels) for name in composer.collections]
+    assert composer.collection_shares == pytest.approx(shares)
+    mix = composer.collections_for("prior", 7, seed=5)
+    assert mix == composer.collections_for("prior", 7, seed=5)  # seeded
+    assert mix != composer.collections_for("prior", 7, seed=6)  # the order is drawn, the counts are not
+    counts = [mix.count(name) for name in composer.collections]
+    assert sum(counts) == 7 and all(abs(c - 7 * s) < 1 for c, s in zip(counts, shares, strict=True))
+    assert composer.collections_for("embedded/han1", 3, seed=0) == ["embedded/han1"] * 3
+    assert composer.collections_for(None, 2, seed=0) == [None, None]
+
+    cfg = SampleConfig(batch_size=4, steps=4, n_tokens=48)
+    records = write_set(composer, cfg, tmp_path, "pieces", 7, 48, 5, bars=None, pianorolls=False, collection="prior")
+    assert [r["collection"] for r in records] == mix
+
+
+def test_a_mixed_batch_conditions_each_row_on_its_own_collection(conditioned):
+    composer = load_composer(str(conditioned))
+    x = torch.randint(0, composer.mask_id, (3, 32), generator=torch.Generator().manual_seed(0))
+    asked = ["embedded/han1", "embedded/chorales", None]
+    with torch.no_grad():
+        mixed = WithCollection(composer.model, composer.collection_indices(asked))(x)
+        alone = [composer.collection_model(c)(x[i : i + 1])[0] for i, c in enumerate(asked)]
+    torch.testing.assert_close(mixed, torch.stack(alone))
+    assert not torch.allclose(alone[0], alone[1])
+
+
+def test_prior_needs_collection_shares(conditioned):
+    older = dataclasses.replace(load_composer(str(conditioned)), collection_shares=())
+    with pytest.raises(SmdimError, match="the checkpoint has no collection shares"):
+        older.collections_for("prior", 4, seed=0)
+    with pytest.raises(SmdimError, match="3 collections for 2 pieces"):
+        older.generate(2, 16, generator=torch.Generator(), collection=["embedded/han1"] * 3)

@@ -30,10 +30,10 @@ class ModelConfig:
     dropout: float = 0.0  # dropout after attention, FFN and Mamba sublayers, in [0, 1)
     skip: bool = True  # add the token embedding to the upsampled features (keeps token identity)
     time_cond: bool = False  # diffusion: add an embedding of t; off keeps the sampler's cache valid
-    # diffusion: a learned vector per collection (embedded/han1, embedded/chorales, pop909, ...)
+    # a learned vector per collection (embedded/han1, embedded/chorales, pop909, ...)
     # added at every position, so `smdim generate --collection` can ask for one; trained with
     # train.collection_dropout windows unconditional (the extra "none" vector)
-    collection_cond: bool = False
+    collection_cond: bool = True
     n_collections: int = 0  # filled in by training from the train split when collection_cond is on
     # Token-level layers after the transposed conv (depthwise conv over refine_kernel tokens + MLP),
     # so a masked token reads its decoded neighbours directly; 0 = none. A checkpoint saved before
@@ -66,8 +66,6 @@ class ModelConfig:
             (self.n_collections >= 0, "n_collections must be >= 0"),
             (self.refine_layers >= 0, "refine_layers must be >= 0"),
             (self.refine_kernel >= 1 and self.refine_kernel % 2 == 1, "refine_kernel must be odd and >= 1"),
-            (not (self.collection_cond and self.causal),
-             "collection_cond is implemented for objective=diffusion only"),
         ]
         for ok, message in checks:
             if not ok:

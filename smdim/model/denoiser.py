@@ -126,6 +126,9 @@ class Denoiser(nn.Module):
         state.window = torch.cat([state.window[:, 1:], emb[:, None]], dim=1)  # tokens i-s+1 .. i
         if i % s == 0:  # token js completes coarse position j: one pass through the blocks
             h = strided_conv(state.window, self.down.weight, self.down.bias)[:, 0]  # (B, D)
+            if self.collection_embed is not None:
+                c = state.collection if state.collection is not None else token.new_zeros(token.shape[0])
+                h = h + self.collection_embed(c.to(token.device).expand(token.shape[0]))  # (B, D)
             for block, states in zip(self.blocks, state.layers, strict=True):
                 h = block.step(h, states)
             state.up = transposed_conv(h[:, None], self.up.weight, self.up.bias)  # (B, s, D)
@@ -147,6 +150,7 @@ class StreamState:
     up: Tensor | None = None  # (B, s, D): upsampled output of the current coarse position
     layers: list[list[dict]] = field(default_factory=list)  # per block, per sublayer: its state
     refine: list[Tensor | None] = field(default_factory=list)  # per refinement layer: its last kernel - 1 inputs
+    collection: Tensor | None = None  # (B,) or scalar collection indices (model.collection_cond; None = "none")
 
 
 # Both convolutions have kernel == stride, so they are reshapes around one matmul; written that

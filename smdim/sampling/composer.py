@@ -34,6 +34,7 @@ log = logging.getLogger("smdim.sampling")
 
 # Sampler options that autoregressive generation takes; the others are the diffusion samplers'.
 STREAMING_OPTIONS = ("temperature", "top_k", "top_p", "constraints")
+PRIOR = "prior"  # sample.collection: one collection per piece, in the train split's shares
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Composer:
     step: int | None = None  # training step of the checkpoint
     bos_id: int | None = None  # autoregressive models: the token every generation starts from
     collections: tuple[str, ...] = ()  # model.collection_cond: the names of indices 1..K
+    collection_shares: tuple[float, ...] = ()  # each collection's share of the train pieces
     sample_defaults: dict = dataclasses.field(default_factory=dict)  # sampler settings the checkpoint recommends
 
     def collection_model(self, collection: str | None) -> torch.nn.Module:
@@ -69,6 +71,36 @@ class Composer:
         if collection not in self.collections:
             raise SmdimError(f"collection {collection!r}: not one of this model's ({', '.join(self.collections)})")
         return WithCollection(self.model, self.collections.index(collection) + 1)
+
+    def collections_for(self, collection: str | None, n: int, seed: int) -> list[str | None]:
+        """One collection per piece for `n` pieces: None (unconditional), a name (all of them), or
+        "prior": the train split's mix, drawn by systematic sampling, so each collection's count is
+        its share of n up to less than one piece (150 pieces hold the corpus's mix, not up to draw
+        noise, and one piece is a fair draw), in a seeded order. For an unconditioned model "prior"
+        is unconditional sampling (its own learned mix)."""
+        if collection != PRIOR:
+            self.collection_model(collection)  # the one-line error for an unknown name
+            return [collection] * n
+        if not self.collections:  # an unconditioned model samples its learned mix by itself
+            return [None] * n
+        if len(self.collection_shares) != len(self.collections):
+            raise SmdimError("collection 'prior': the checkpoint has no collection shares (trained before "
+                             "they were saved); retrain it, or name one collection")
+        # Systematic sampling: n evenly spaced points, one random offset, on the cumulative shares.
+        g = torch.Generator().manual_seed(seed)
+        cum = torch.tensor(self.collection_shares, dtype=torch.float64).cumsum(0)
+        points = (torch.rand((), generator=g, dtype=torch.float64) + torch.arange(n)) / n * cum[-1]
+        index = torch.searchsorted(cum, points, right=True).clamp(max=len(cum) - 1)
+        return [self.collections[int(i)] for i in index[torch.randperm(n, generator=g)]]
+
+    def collection_indices(self, collections: Sequence[str | None]) -> torch.Tensor | None:
+        """(B,) the model's collection index per row (0 = "none"); None when every row is unconditional."""
+        if all(c is None for c in collections):
+            return None
+        for c in set(collections):
+            self.collection_model(c)  # the one-line error for an unknown name
+        return torch.tensor([0 if c is None else self.collections.index(c) + 1 for c in collections],
+                            device=self.device)
 
     @property
     def causal(self) -> bool:
@@ -91,23 +123,30 @@ class Composer:
         batch_size: int = 4,
         fixed: torch.Tensor | None = None,
         progress: bool = False,
-        collection: str | None = None,
+        collection: str | Sequence[str | None] | None = None,
         **sampler_kw,
     ) -> list[Piece]:
         """`n` pieces of `length` tokens, in batches; `fixed` (L,) applies to every piece;
-        `collection`: one of self.collections (conditioned models), None = unconditional."""
-        model = self.collection_model(collection)
+        `collection`: one of self.collections (conditioned models), "prior" (collections_for) or one
+        per piece; None = unconditional."""
+        if collection == PRIOR:  # the mix's seed comes from the generator, so one seed fixes everything
+            collection = self.collections_for(PRIOR, n, int(torch.randint(2**31, (), generator=generator)))
+        per_piece = [collection] * n if collection is None or isinstance(collection, str) else list(collection)
+        if len(per_piece) != n:
+            raise SmdimError(f"{len(per_piece)} collections for {n} pieces")
         pieces: list[Piece] = []
         while len(pieces) < n:
             b = min(batch_size, n - len(pieces))
+            index = self.collection_indices(per_piece[len(pieces) : len(pieces) + b])
             t0 = time.perf_counter()
             if self.causal:  # the diffusion-only options (method, steps, ...) do not apply
                 kw = {k: v for k, v in sampler_kw.items() if k in STREAMING_OPTIONS}
                 x, stats = generate_autoregressive(
                     self.model, length, bos_id=self.bos_id, mask_id=self.mask_id, batch_size=b,
-                    generator=generator, fixed=fixed, progress=progress, **kw,
+                    generator=generator, fixed=fixed, progress=progress, collection=index, **kw,
                 )
             else:
+                model = self.model if index is None else WithCollection(self.model, index)
                 x, stats = sample_with_stats(
                     model, length, mask_id=self.mask_id, batch_size=b, generator=generator,
                     fixed=fixed, schedule=self.schedule, progress=progress, **sampler_kw,
@@ -139,6 +178,7 @@ def load_composer(path: str, device: str = "cpu") -> Composer:
                          "tokenize.special_tokens")
     return Composer(model.eval(), tokenizer, mask_id, make_schedule(diffusion), torch.device(device),
                     int(step) if step is not None else None, bos_id, tuple(extra.get("collections") or ()),
+                    tuple(float(x) for x in extra.get("collection_shares") or ()),
                     dict(extra.get("sample_defaults") or {}))
 
 

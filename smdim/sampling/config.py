@@ -46,6 +46,8 @@ class SampleConfig:
     batch_size: int = 4  # pieces generated together
     lengths: list[int] = field(default_factory=lambda: [128, 256, 512])  # by_length/<L>/ sets
     n_per_length: int = 4  # pieces per length in by_length/ (0 = skip the OA-vs-length sets)
+    collection: str | None = "prior"  # models with model.collection_cond: the main set's collection, null =
+    # unconditional, "prior" = one per piece in the train split's shares, or a name (embedded/han1, ...)
     per_collection: int = 0  # models with model.collection_cond: pieces asked for each collection, by_collection/<name>/ (0 = none)
     cost_bars: list[int] = field(default_factory=lambda: [16, 64])  # time + peak memory of one piece of this many bars (batch 1)
     seed_offset: int = 0  # added to base.seed: another set of samples from the same model

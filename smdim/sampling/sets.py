@@ -23,12 +23,13 @@ from smdim.tokenization.validity import token_error_rate
 def write_set(composer: Composer, cfg: SampleConfig, out: Path, subdir: str, n: int, length: int,
               seed: int, *, bars: int | None, pianorolls: bool, collection: str | None = None) -> list[dict]:
     """Generate `n` pieces of `length` tokens (cut to `bars` bars) into out/subdir/NNN.mid;
-    `collection`: ask a conditioned model for that collection."""
+    `collection`: ask a conditioned model for that collection ("prior": the train split's mix)."""
     generator = torch.Generator(device=composer.device).manual_seed(seed)
+    collections = composer.collections_for(collection, n, seed)
     pieces = composer.generate(n, length, generator=generator, batch_size=cfg.batch_size, progress=True,
-                               collection=collection, **sampler_kwargs(composer, cfg))
+                               collection=collections, **sampler_kwargs(composer, cfg))
     records = []
-    for i, piece in enumerate(pieces):
+    for i, (piece, asked) in enumerate(zip(pieces, collections, strict=True)):
         ids = keep_bars(piece.ids, composer.bar_ids, bars) if bars else piece.ids
         file = f"{subdir}/{i:03d}.mid"
         write_midi(composer.tokenizer, ids, out / file)
@@ -41,6 +42,7 @@ def write_set(composer: Composer, cfg: SampleConfig, out: Path, subdir: str, n: 
             "token_error_rate": token_error_rate(composer.tokenizer, ids),
             "seconds": piece.seconds,
             "network_calls": piece.network_calls,
+            "collection": asked,
         })
     return records
 

@@ -35,8 +35,10 @@ def generate_autoregressive(
     fixed: Tensor | None = None,
     constraints: Constraints | None = None,
     progress: bool = False,
+    collection: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, int]]:
-    """(B, length) tokens and {"network_calls", "steps"}; fixed: (L,) or (B, L) ids, -1 = free."""
+    """(B, length) tokens and {"network_calls", "steps"}; fixed: (L,) or (B, L) ids, -1 = free;
+    collection: (B,) indices for a model trained with model.collection_cond (None = "none")."""
     if length < 1 or batch_size < 1:
         raise SmdimError(f"length and batch size must be >= 1 (got {length}, {batch_size})")
     if temperature < 0:
@@ -45,7 +47,7 @@ def generate_autoregressive(
     keep = initial_tokens(length, batch_size, fixed, mask_id, device)  # (B, L): fixed ids, MASK = free
     x = torch.full((batch_size, length), mask_id, dtype=torch.long, device=device)
     c = constraints.to(device) if constraints is not None else None
-    state = StreamState()
+    state = StreamState(collection=collection)
     token = torch.full((batch_size,), bos_id, dtype=torch.long, device=device)
     boundary = torch.zeros(batch_size, dtype=torch.long, device=device)  # last Bar/Position index
     was_training = model.training

@@ -41,6 +41,7 @@ from smdim.training.run import (
     TrainPaths,
     check_objective,
     clear_outputs,
+    collection_shares,
     fingerprint_of,
     read_vocabulary,
     resumable_state,
@@ -238,6 +239,8 @@ def _extras(run: Run, step: int) -> dict[str, Any]:
         "weights": "ema" if run.ema is not None else "raw",
         # index i + 1 of the model's collection vectors (0 = none); empty when unconditioned
         "collections": list(run.collections),
+        # each collection's share of the train pieces: `sample.collection: prior` draws from it
+        "collection_shares": collection_shares(run.train_crops.labels, len(run.collections)),
     }
 
 

@@ -241,6 +241,12 @@ def train_collections(model_cfg: ModelConfig, tokens_dir: Path) -> tuple[str, ..
     return tuple(collection_index(load_split(tokens_dir, "train")[1]))
 
 
+def collection_shares(labels: np.ndarray, k: int) -> list[float]:
+    """Share of the pieces labelled 1..k in `labels` (0 = unlabelled, left out); [] when k is 0."""
+    counts = np.bincount(labels, minlength=k + 1)[1:k + 1]
+    return (counts / max(int(counts.sum()), 1)).tolist() if k else []
+
+
 def with_collections(model_cfg: ModelConfig, collections: tuple[str, ...]) -> ModelConfig:
     """The model config with n_collections filled in (0 when model.collection_cond is off)."""
     return dataclasses.replace(model_cfg, n_collections=len(collections))
