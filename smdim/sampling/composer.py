@@ -61,16 +61,22 @@ class Composer:
     collection_shares: tuple[float, ...] = ()  # each collection's share of the train pieces
     sample_defaults: dict = dataclasses.field(default_factory=dict)  # sampler settings the checkpoint recommends
 
-    def collection_model(self, collection: str | None) -> torch.nn.Module:
-        """The model asked for pieces of `collection` (None: unconditional)."""
+    def collection_index(self, collection: str | None) -> int:
+        """The model's index of `collection`: 1..K, or 0 ("none") for None; a one-line error for a
+        name the model does not know."""
         if collection is None:
-            return self.model
+            return 0
         if not self.collections:
             raise SmdimError(f"collection {collection!r}: this model was trained without model.collection_cond; "
                              "retrain with -S model.collection_cond=true")
         if collection not in self.collections:
             raise SmdimError(f"collection {collection!r}: not one of this model's ({', '.join(self.collections)})")
-        return WithCollection(self.model, self.collections.index(collection) + 1)
+        return self.collections.index(collection) + 1
+
+    def collection_model(self, collection: str | None) -> torch.nn.Module:
+        """The model asked for pieces of `collection` (None: unconditional)."""
+        index = self.collection_index(collection)
+        return WithCollection(self.model, index) if index else self.model
 
     def collections_for(self, collection: str | None, n: int, seed: int) -> list[str | None]:
         """One collection per piece for `n` pieces: None (unconditional), a name (all of them), or
@@ -79,7 +85,7 @@ class Composer:
         noise, and one piece is a fair draw), in a seeded order. For an unconditioned model "prior"
         is unconditional sampling (its own learned mix)."""
         if collection != PRIOR:
-            self.collection_model(collection)  # the one-line error for an unknown name
+            self.collection_index(collection)  # the one-line error for an unknown name
             return [collection] * n
         if not self.collections:  # an unconditioned model samples its learned mix by itself
             return [None] * n
@@ -97,10 +103,7 @@ class Composer:
         """(B,) the model's collection index per row (0 = "none"); None when every row is unconditional."""
         if all(c is None for c in collections):
             return None
-        for c in set(collections):
-            self.collection_model(c)  # the one-line error for an unknown name
-        return torch.tensor([0 if c is None else self.collections.index(c) + 1 for c in collections],
-                            device=self.device)
+        return torch.tensor([self.collection_index(c) for c in collections], device=self.device)
 
     @property
     def causal(self) -> bool:
