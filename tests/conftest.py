@@ -97,15 +97,21 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def tokens_dir(shared_data, tmp_path_factory) -> Path:
     """data/tokens for 24 POP909 songs: the project's REMI tokenizer.json and one contract shard."""
+    from smdim.tokenization.config import TokenizeConfig
+
+    return write_tokens_dir(shared_data, tmp_path_factory.mktemp("tokens"), TokenizeConfig())
+
+
+def write_tokens_dir(shared_data: Path, out: Path, cfg) -> Path:
+    """24 POP909 songs tokenized with `cfg` (a TokenizeConfig) into `out` as data/tokens."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from smdim.tokenization.config import TokenizeConfig
     from smdim.tokenization.encode import encode_file
     from smdim.tokenization.tokenizer import build_tokenizer
 
-    out = tmp_path_factory.mktemp("tokens")
-    tok = build_tokenizer(TokenizeConfig())
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(cfg)
     tok.save(out / "tokenizer.json")
     rows = []
     for i, path in enumerate(sorted((shared_data / "pop909").glob("*.mid"))[:24]):

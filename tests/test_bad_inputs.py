@@ -165,5 +165,5 @@ def test_bpe_vocab_below_the_base_vocabulary(tmp_path):
     project.mkdir()
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     line = _one_error_line(_stage(project, "pipeline.tokenize"))
-    assert "tokenize: bpe_vocab=100 must be larger than the 284 base REMI tokens" in line, line
+    assert "tokenize: bpe_vocab=100 must be larger than the 285 base REMI tokens" in line, line
     assert not (project / "data").exists(), "nothing tokenized before the check"

@@ -114,3 +114,24 @@ def test_load_pieces_and_validation_batches(tmp_path, pieces):
     assert not torch.equal(v1[0].tokens, s.batch(5, 0, 4).tokens), "valid crops use their own stream"
     with pytest.raises(SmdimError, match="no pieces in split 'test'"):
         load_pieces(tmp_path, "test")
+
+
+def test_slack_is_scattered_and_the_window_keeps_the_piece_in_order(pieces):
+    SLACK = 3
+    s = CropSampler(pieces, seq_len=32, bar_id=BAR, slack=0.2, slack_id=SLACK)
+    texts = [",".join(map(str, p)) for p in pieces]
+    n_slack = n_real = 0
+    for step in range(20):
+        b = s.batch(1, step, 16)
+        for row, m in zip(b.tokens, b.pad_mask, strict=True):
+            real = row[m]
+            notes = real[real != SLACK].tolist()
+            assert any(",".join(map(str, notes)) in t for t in texts), "the piece's tokens, in order"
+            assert (row[~m] == PAD).all() and m[: int(m.sum())].all(), "slack only inside the real part"
+            n_slack += int((real == SLACK).sum())
+            n_real += len(real)
+    assert 0.15 < n_slack / n_real < 0.25
+    again = CropSampler(pieces, seq_len=32, bar_id=BAR, slack=0.2, slack_id=SLACK)
+    assert torch.equal(again.batch(1, 4, 16).tokens, s.batch(1, 4, 16).tokens)
+    with pytest.raises(SmdimError, match="SLACK"):
+        CropSampler(pieces, seq_len=32, bar_id=BAR, slack=0.2)

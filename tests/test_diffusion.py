@@ -10,7 +10,7 @@ import torch
 from smdim.config import build
 from smdim.diffusion.config import DiffusionConfig
 from smdim.diffusion.loss import diffusion_loss, masked_loss
-from smdim.diffusion.masking import mask_tokens
+from smdim.diffusion.masking import block_masks, mask_tokens
 from smdim.diffusion.schedule import make_schedule
 from smdim.errors import ConfigError
 from smdim.model.config import ModelConfig
@@ -150,3 +150,36 @@ def test_loss_with_real_denoiser_is_finite_and_differentiable():
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(gr).all() for gr in grads)
+
+
+def test_block_masks_show_the_semi_autoregressive_view():
+    g = torch.Generator().manual_seed(0)
+    B, L, block, mask_id = 64, 48, 8, 99
+    x0 = torch.randint(0, 50, (B, L), generator=g)
+    pad_mask = torch.arange(L)[None, :] < torch.randint(20, L + 1, (B, 1), generator=g)
+    t = torch.ones(B)  # every real token masked, so each block row's block is all MASK
+    x_t, masked = mask_tokens(x0, t, mask_id, make_schedule(DiffusionConfig()), generator=g, pad_mask=pad_mask)
+    rows = torch.arange(B) % 2 == 0
+    xb, mb, scored = block_masks(x_t, masked, x0, mask_id, rows, block, generator=g, pad_mask=pad_mask)
+    assert torch.equal(xb[~rows], x_t[~rows]) and torch.equal(scored[~rows], masked[~rows])
+    starts = set()
+    for b in rows.nonzero()[:, 0].tolist():
+        n = int(pad_mask[b].sum())
+        s = int(mb[b].nonzero().min())
+        starts.add(s)
+        assert s % block == 0 and s < n
+        assert torch.equal(xb[b, :s], x0[b, :s]), "clean left of the block"
+        assert (xb[b, s:n] == mask_id).all() and not mb[b, n:].any(), "the block and the right masked"
+        assert torch.equal(scored[b].nonzero()[:, 0], torch.arange(s, min(s + block, n))), "only the block scored"
+    assert len(starts) > 3  # the block moves over the window
+
+
+def test_masked_loss_excluded_ids_get_no_probability():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 5, 7, generator=g)
+    x0 = torch.randint(0, 5, (2, 5), generator=g)
+    masked = torch.ones(2, 5, dtype=torch.bool)
+    w = torch.ones(2)
+    loss, _ = masked_loss(logits, x0, masked, w, 6, torch.tensor(10), excluded=(5,))
+    ref = torch.nn.functional.cross_entropy(logits[..., :5].reshape(-1, 5), x0.reshape(-1), reduction="sum") / 10
+    assert torch.allclose(loss, ref)

@@ -47,6 +47,15 @@ def test_export_halves_weights_and_loads_back(tmp_path):
         export(tmp_path / "junk.pt", tmp_path / "c.pt")
 
 
+def test_exporting_the_shipped_model_again_gives_the_same_bytes(tmp_path):
+    """Its metadata is today's canonical form: a config field added since (with what its absence
+    means) or a new default would change these bytes, and with them the reproduction promise."""
+    again = export(PRETRAINED, tmp_path / "again.pt")
+    assert again.read_bytes() == PRETRAINED.read_bytes()
+    loaded, _ = load_checkpoint(again)
+    assert loaded.cfg.refine_layers == 0 and not loaded.cfg.collection_cond
+
+
 def test_generate_without_training_uses_the_shipped_model(tmp_path):
     """Right after install, with no models/model.pt: one seeded piece that is valid REMI and music-like."""
     assert PRETRAINED.is_file() and PRETRAINED.stat().st_size < 12e6

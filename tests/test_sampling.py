@@ -269,6 +269,24 @@ def test_grammar_masks_leave_no_invalid_transition_on_random_logits(remi, method
     assert torch.equal(out, again)  # seeded
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_slack_is_drawn_where_it_fits_and_the_grammar_reads_through_it(method):
+    """A model trained with diffusion.slack may draw SLACK; the stream without it is well formed."""
+    tok = miditok.REMI(miditok.TokenizerConfig(special_tokens=["PAD", "BOS", "EOS", "MASK", "SLACK"]))
+    slack = tok["SLACK_None"]
+    # SLACK is favoured, so runs of it fall between every kind of token.
+    prefer = lambda n: 1.5 if n == "SLACK_None" else -1e4 if n.startswith(("PitchDrum", "TimeSig", "Tempo", "Program")) else 0.0  # noqa: E731
+    model = remi_toy(tok, prefer, seed=5)
+    out = sample(model, 160, mask_id=tok["MASK_None"], steps=16, method=method, batch_size=3, generator=gen(2),
+                 constraints=make_constraints(tok, slack_id=slack))
+    assert (out == slack).float().mean() > 0.1
+    rows = [row[row != slack] for row in out]
+    assert all(type_pairs_ok(tok, row) for row in rows), [[tok[int(i)] for i in r[:12]] for r in rows]
+    banned = sample(model, 160, mask_id=tok["MASK_None"], steps=16, method=method, batch_size=3, generator=gen(2),
+                    constraints=make_constraints(tok))
+    assert not (banned == slack).any()  # a model trained without slack never draws it
+
+
 def test_grammar_without_velocity_tokens_puts_duration_after_pitch():
     """tokenize.use_velocities: false drops Velocity from the vocabulary; the grammar follows it."""
     tok = miditok.REMI(miditok.TokenizerConfig(special_tokens=["PAD", "BOS", "EOS", "MASK"], use_velocities=False))

@@ -342,3 +342,36 @@ def test_paper_preset_matches_params_keys():
 
     flags = preset_flags(ROOT / "configs/paper.yaml", ROOT / "params.yaml")
     assert "train.seq_len=2048" in flags and "model.d_model=512" in flags
+
+
+# ---------------------------------------------------------------- slack tokens
+def test_a_slack_model_trains_samples_and_its_pieces_hold_no_slack(shared_data, tokens_dir, tmp_path, monkeypatch):
+    from conftest import write_tokens_dir
+
+    from smdim.diffusion.config import DiffusionConfig
+    from smdim.model.config import ModelConfig
+    from smdim.sampling.composer import constraints_for, load_composer
+    from smdim.tokenization.config import TokenizeConfig
+    from smdim.training.loop import TrainPaths, train
+
+    monkeypatch.chdir(tmp_path)
+    cfg = build(TrainConfig, {**TINY_TRAIN, "steps": 6}, "train")
+    model = build(ModelConfig, TINY_MODEL, "model")
+    old = write_tokens_dir(shared_data, tmp_path / "old", TokenizeConfig(special_tokens=["PAD", "BOS", "EOS", "MASK"]))
+    with pytest.raises(SmdimError, match=r"^diffusion.slack=0.1: .*add SLACK to tokenize.special_tokens$"):
+        train(BaseConfig(seed=7, device="cpu"), model, DiffusionConfig(slack=0.1), cfg,
+              TrainPaths(old, tmp_path / "a/models", tmp_path / "a/results"))
+    tokens = tokens_dir  # the default special tokens hold SLACK
+    train(BaseConfig(seed=7, device="cpu"), model, DiffusionConfig(slack=0.1), cfg,
+          TrainPaths(tokens, tmp_path / "models", tmp_path / "results"))
+    c = load_composer(str(tmp_path / "models/model.pt"))
+    assert c.slack_id == c.tokenizer["SLACK_None"]
+    kw = {"constraints": constraints_for(c, None, None), "steps": 8, "method": "confidence"}
+    pieces = c.generate(3, 64, generator=torch.Generator().manual_seed(0), **kw)
+    assert all(c.slack_id not in p.ids and len(p.ids) <= 64 for p in pieces)
+    assert any(len(p.ids) < 64 for p in pieces), "a model trained with slack places some"
+    # The same vocabulary without slack training: SLACK is never drawn.
+    ar = build(ModelConfig, {**TINY_MODEL, "objective": "autoregressive"}, "model")
+    train(BaseConfig(seed=7, device="cpu"), ar, DiffusionConfig(slack=0.1), cfg,
+          TrainPaths(tokens, tmp_path / "ar/models", tmp_path / "ar/results"))
+    assert load_composer(str(tmp_path / "ar/models/model.pt")).slack_id is None  # slack is diffusion's

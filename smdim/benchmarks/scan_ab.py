@@ -165,7 +165,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--checkpoint", type=Path, default=None, help="time `smdim generate` with it")
-    parser.add_argument("--vocab-size", type=int, default=284, help="vocabulary of the timed model")
+    parser.add_argument("--vocab-size", type=int, default=285, help="vocabulary of the timed model")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None)

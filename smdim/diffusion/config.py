@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+# Fields newer than some checkpoints, with what their absence means (the model was trained without
+# them), so a newer default never changes what an older checkpoint says about itself.
+ABSENT_MEANS = {"slack": 0.0, "block_share": 0.0}
+
 
 @dataclass(frozen=True)
 class DiffusionConfig:
@@ -14,7 +18,20 @@ class DiffusionConfig:
     schedule: Literal["linear", "cosine"] = "cosine"  # mask probability m(t): t | 1 - cos(pi t / 2)
     weighting: Literal["elbo", "reweighted", "uniform"] = "uniform"  # loss weight w(t), see schedule.py
     low_discrepancy: bool = True  # stratify the batch's t over [0, 1] (lower-variance loss, MDLM)
+    # Share of SLACK tokens scattered into training windows. They decode to nothing, so a sampler
+    # can place them where the tokens fixed around a gap leave it more slots than its notes need.
+    slack: float = 0.03
+    # Share of training windows masked as the semi-autoregressive sampler (sample.block_tokens)
+    # sees them: clean left of one block, the block masked at m(t), everything right of it masked.
+    block_share: float = 0.0
+    block_tokens: int = 16  # the block length of those windows (match sample.block_tokens)
 
     def __post_init__(self) -> None:
         if self.T < 1:
             raise ValueError(f"T must be >= 1, got {self.T}")
+        if not 0.0 <= self.slack < 1.0:
+            raise ValueError(f"slack must be in [0, 1), got {self.slack}")
+        if not 0.0 <= self.block_share <= 1.0:
+            raise ValueError(f"block_share must be in [0, 1], got {self.block_share}")
+        if self.block_tokens < 1:
+            raise ValueError(f"block_tokens must be >= 1, got {self.block_tokens}")

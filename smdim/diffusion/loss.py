@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from smdim.diffusion.masking import mask_tokens
+from smdim.diffusion.masking import block_masks, mask_tokens
 
 
 def masked_loss(
-    logits: Tensor, x0: Tensor, masked: Tensor, weight: Tensor, mask_id: int, n_real: Tensor
+    logits: Tensor, x0: Tensor, masked: Tensor, weight: Tensor, mask_id: int, n_real: Tensor,
+    excluded: Sequence[int] = (),
 ) -> tuple[Tensor, dict[str, float]]:
     """sum_b w_b sum_{i masked} -log p(x0_i) / n_real, MASK logit excluded; plus stats.
 
-    logits (B, L, V), x0 (B, L), masked (B, L) bool, weight (B,), n_real scalar tensor.
+    logits (B, L, V), x0 (B, L), masked (B, L) bool, weight (B,), n_real scalar tensor;
+    `excluded`: more ids the clean tokens never hold (SLACK, when scoring windows without it).
     """
     # The clean token is never MASK, so the model must not spend probability on it.
-    logits = logits.float().index_fill(-1, torch.tensor([mask_id], device=logits.device), float("-inf"))
+    drop = torch.tensor([mask_id, *excluded], device=logits.device)
+    logits = logits.float().index_fill(-1, drop, float("-inf"))
     sel = masked.nonzero(as_tuple=True)
     ce = F.cross_entropy(logits[sel], x0[sel], reduction="none")  # (N,)
     w = weight.float()[sel[0]]  # (N,)
@@ -43,6 +48,9 @@ def diffusion_loss(
     schedule,
     pad_mask: Tensor | None = None,
     generator: torch.Generator | None = None,
+    excluded: Sequence[int] = (),
+    block_share: float = 0.0,
+    block_tokens: int = 16,
 ) -> tuple[Tensor, dict[str, float]]:
     """Draw t, mask x0 (B, L), run `denoiser(x_t, t, pad_mask=...)`, return (loss, stats).
 
@@ -51,8 +59,17 @@ def diffusion_loss(
     """
     t = schedule.sample_t(x0.shape[0], generator=generator, device=x0.device)  # (B,)
     x_t, masked = mask_tokens(x0, t, mask_id, schedule, generator=generator, pad_mask=pad_mask)
+    weight = schedule.loss_weight(t)  # (B,)
+    scored = masked
+    if block_share > 0:
+        rows = torch.rand(x0.shape[0], generator=generator, device=x0.device) < block_share  # (B,)
+        x_t, masked, scored = block_masks(x_t, masked, x0, mask_id, rows, block_tokens, generator=generator,
+                                          pad_mask=pad_mask)
+        # One block holds block/L of a window's tokens: scale it up so both kinds of row weigh alike.
+        n_row = pad_mask.sum(1) if pad_mask is not None else torch.full_like(weight, x0.shape[1])
+        weight = torch.where(rows, weight * (n_row / block_tokens).clamp(min=1), weight)
     logits = denoiser(x_t, t, pad_mask=pad_mask)  # (B, L, V)
     n_real = pad_mask.sum() if pad_mask is not None else torch.tensor(x0.numel())
-    loss, stats = masked_loss(logits, x0, masked, schedule.loss_weight(t), mask_id, n_real)
+    loss, stats = masked_loss(logits, x0, scored, weight, mask_id, n_real, excluded)
     stats["t_mean"] = float(t.mean())
     return loss, stats

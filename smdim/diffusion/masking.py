@@ -39,3 +39,37 @@ def mask_tokens(
         masked &= ~keep
     x_t = x0.masked_fill(masked, mask_id)
     return x_t, masked
+
+
+def block_masks(
+    x_t: Tensor,
+    masked: Tensor,
+    x0: Tensor,
+    mask_id: int,
+    rows: Tensor,
+    block: int,
+    *,
+    generator: torch.Generator | None = None,
+    pad_mask: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Turn `rows` (B,) bool of a masked batch into the semi-autoregressive sampler's view.
+
+    Each such row gets one block [s, s + block), s a multiple of `block` inside its real tokens:
+    left of it clean (x0), inside it masked as drawn, right of it all MASK. Returns (x_t, masked,
+    scored): `scored` (B, L) are the masked tokens the loss counts (inside the block for those
+    rows; a fully masked right side teaches nothing about the next block).
+    """
+    B, L = x0.shape
+    n_real = pad_mask.sum(1) if pad_mask is not None else torch.full((B,), L, device=x0.device)
+    n_blocks = (n_real + block - 1) // block  # (B,)
+    u = torch.rand(B, generator=generator, device=x0.device)
+    start = (u * n_blocks).floor().long().clamp(min=0) * block  # (B,)
+    pos = torch.arange(L, device=x0.device)  # (L,)
+    left = pos < start[:, None]  # (B, L)
+    right = pos >= (start + block)[:, None]
+    if pad_mask is not None:
+        right &= pad_mask
+    r = rows[:, None]
+    masked = torch.where(r, (masked & ~left & ~right) | right, masked)
+    scored = torch.where(r, masked & ~right, masked)
+    return x0.masked_fill(masked, mask_id), masked, scored

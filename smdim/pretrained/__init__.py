@@ -13,9 +13,10 @@ import argparse
 from pathlib import Path
 
 from smdim.config import build, load_params, to_dict
+from smdim.diffusion.config import ABSENT_MEANS as DIFFUSION_ABSENT
 from smdim.diffusion.config import DiffusionConfig
 from smdim.errors import SmdimError
-from smdim.model.checkpoint import FORMAT, read_payload, save_atomic
+from smdim.model.checkpoint import ABSENT_MEANS, FORMAT, read_payload, save_atomic
 from smdim.model.config import ModelConfig
 from smdim.sampling.config import SampleConfig
 from smdim.training.config import TrainConfig
@@ -40,7 +41,8 @@ def export(src: str | Path, dst: str | Path = PRETRAINED) -> Path:
     old = payload.get("extra", {})
     extra = {k: old[k] for k in KEEP if k in old}
     extra.update(
-        diffusion=to_dict(build(DiffusionConfig, old.get("diffusion") or {}, f"{src}:diffusion")),
+        diffusion=to_dict(build(DiffusionConfig, {**DIFFUSION_ABSENT, **(old.get("diffusion") or {})},
+                                f"{src}:diffusion")),
         train=to_dict(build(TrainConfig, old.get("train") or {}, f"{src}:train")),
         collections=list(old.get("collections", [])), weights_dtype="float16", preset=PRESET,
     )
@@ -49,7 +51,9 @@ def export(src: str | Path, dst: str | Path = PRETRAINED) -> Path:
     preset = (load_params(PRESET_FILE).get("sample") or {}) if PRESET_FILE.is_file() else {}
     checked = to_dict(build(SampleConfig, preset, f"{PRESET}:sample"))
     extra["sample_defaults"] = {k: checked[k] for k in preset}
-    config = to_dict(build(ModelConfig, payload["config"], f"{src}:config"))
+    # A field newer than the checkpoint takes what its absence means, never today's default (the
+    # shipped file has no refinement layer: a default of 1 would describe weights it does not hold).
+    config = to_dict(build(ModelConfig, {**ABSENT_MEANS, **payload["config"]}, f"{src}:config"))
     save_atomic({"format": FORMAT, "config": config, "state_dict": state, "extra": extra}, dst)
     return Path(dst)
 

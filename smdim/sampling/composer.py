@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from smdim.config import build
+from smdim.diffusion.config import ABSENT_MEANS as DIFFUSION_ABSENT
 from smdim.diffusion.config import DiffusionConfig
 from smdim.diffusion.schedule import Schedule, make_schedule
 from smdim.errors import SmdimError
@@ -60,6 +61,7 @@ class Composer:
     collections: tuple[str, ...] = ()  # model.collection_cond: the names of indices 1..K
     collection_shares: tuple[float, ...] = ()  # each collection's share of the train pieces
     sample_defaults: dict = dataclasses.field(default_factory=dict)  # sampler settings the checkpoint recommends
+    slack_id: int | None = None  # trained with diffusion.slack: the SLACK token, removed from every piece
 
     def collection_index(self, collection: str | None) -> int:
         """The model's index of `collection`: 1..K, or 0 ("none") for None; a one-line error for a
@@ -155,7 +157,8 @@ class Composer:
                     fixed=fixed, schedule=self.schedule, progress=progress, **sampler_kw,
                 )
             seconds = (time.perf_counter() - t0) / b
-            pieces += [Piece(row.tolist(), seconds, stats["network_calls"]) for row in x.cpu()]
+            pieces += [Piece([i for i in row.tolist() if i != self.slack_id], seconds, stats["network_calls"])
+                       for row in x.cpu()]
         return pieces
 
 
@@ -173,7 +176,7 @@ def load_composer(path: str, device: str = "cpu") -> Composer:
         raise SmdimError(f"{path}: model vocabulary {vocab} != tokenizer size {len(tokenizer)}; retrain")
     if "diffusion" not in extra:
         log.warning("%s: no diffusion config in the checkpoint; assuming the linear schedule", path)
-    diffusion = build(DiffusionConfig, extra.get("diffusion") or {}, f"{path}:diffusion")
+    diffusion = build(DiffusionConfig, {**DIFFUSION_ABSENT, **(extra.get("diffusion") or {})}, f"{path}:diffusion")
     step = extra.get("step")
     bos_id = extra.get("bos_id", tokenizer.vocab.get("BOS_None"))
     if model.cfg.causal and bos_id is None:
@@ -182,7 +185,8 @@ def load_composer(path: str, device: str = "cpu") -> Composer:
     return Composer(model.eval(), tokenizer, mask_id, make_schedule(diffusion), torch.device(device),
                     int(step) if step is not None else None, bos_id, tuple(extra.get("collections") or ()),
                     tuple(float(x) for x in extra.get("collection_shares") or ()),
-                    dict(extra.get("sample_defaults") or {}))
+                    dict(extra.get("sample_defaults") or {}),
+                    tokenizer.vocab.get("SLACK_None") if diffusion.slack > 0 and not model.cfg.causal else None)
 
 
 def keep_bars(ids: Sequence[int], bar_ids: set[int], bars: int) -> list[int]:
@@ -206,5 +210,5 @@ def constraints_for(composer: Composer, pitch_range, max_polyphony, ban_prefixes
     """Sampling constraints on the composer's vocabulary (special tokens always banned)."""
     return make_constraints(
         composer.tokenizer, pitch_range=pitch_range, max_polyphony=max_polyphony, ban_prefixes=ban_prefixes,
-        scale=scale, grammar=grammar,
+        scale=scale, grammar=grammar, slack_id=composer.slack_id,
     )

@@ -23,7 +23,7 @@ class SampleConfig:
     checkpoint: str = "models/model.pt"  # trained denoiser (its extras hold tokenizer + diffusion config)
     out_dir: str = "results/samples"  # pieces/, by_length/<L>/, contact_sheet.png, samples.json, metrics.json
     n: int = 150  # pieces in the main set (pieces/NNN.mid + .png); 150: OA average 95% CI ~ +-0.016
-    n_tokens: int = 256  # tokens generated per main-set piece
+    n_tokens: int = 256  # token slots per main-set piece (slack ones are removed)
     bars: int | None = None  # then keep only the first `bars` bars of each piece (null = keep all)
     method: SamplerMethod = "confidence"  # reverse process, see smdim/sampling
     steps: int = 32  # denoising steps S per piece (any S >= 1; the training T is the upper useful limit)

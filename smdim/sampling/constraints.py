@@ -32,7 +32,7 @@ from smdim.sampling.grammar import Grammar, bpe_grammar, nearest_known, remi_gra
 from smdim.sampling.scales import pitch_classes
 from smdim.tokenization.bpe import base_tokens, is_bpe
 
-SPECIAL_PREFIXES = ("PAD_", "BOS_", "EOS_", "MASK_", "SEP_")
+SPECIAL_PREFIXES = ("PAD_", "BOS_", "EOS_", "MASK_", "SEP_", "SLACK_")
 
 log = logging.getLogger("smdim.sampling")
 
@@ -148,6 +148,7 @@ def make_constraints(
     ban_prefixes: Sequence[str] = (),
     scale: str | None = None,
     grammar: bool = True,
+    slack_id: int | None = None,
 ) -> Constraints:
     """Constraints for a miditok tokenizer (or its vocab dict token -> id).
 
@@ -157,6 +158,8 @@ def make_constraints(
     ban_prefixes: token types never sampled, e.g. ("Bar_",) so an infill keeps the bar count.
     scale: 'TONIC:MODE' (e.g. 'C:major', 'C:pentatonic'): only Pitch tokens in it (None = any).
     grammar: follow the REMI token-type grammar (smdim.sampling.grammar).
+    slack_id: the SLACK token of a model trained with slack (diffusion.slack): sampled like any
+    token, and the grammar reads through it.
 
     With a BPE tokenizer every mask covers all BPE ids: an id counts as a pitch, a boundary or
     banned when any base token it stands for does (e.g. a merged note with an out-of-range pitch
@@ -190,6 +193,8 @@ def make_constraints(
     if ban_special:
         for name in specials:
             banned[vocab[name]] = True
+    if slack_id is not None:
+        banned[slack_id] = False
     if (pitch_range is not None or scale is not None) and not (is_pitch & ~banned).any():
         raise SmdimError(f"pitch_range {list(pitch_range or [])} and scale {scale!r} together allow no "
                          "Pitch token of the vocabulary; widen the range")
@@ -206,10 +211,15 @@ def make_constraints(
         return Constraints(banned, is_pitch, is_boundary, max_polyphony)
     if bpe_tokens is None:
         rules = remi_grammar(vocab)
+        if rules is not None and slack_id is not None:
+            rules = rules.with_slack(slack_id)
         return Constraints(banned, is_pitch, is_boundary, max_polyphony, rules,
                            position_of if rules is not None else None)
     # BPE: token types through (first, last) base types (grammar.bpe_grammar). The rule that
     # Positions rise within a bar needs each token's single Position value; BPE tokens hold several
     # or none, so it is off and only miditok's validity check sees time going back.
     log.info("BPE tokenizer: grammar masks on BPE token types; the Position-order rule is off")
-    return Constraints(banned, is_pitch, is_boundary, max_polyphony, bpe_grammar(bpe_tokens, ~banned))
+    rules = bpe_grammar(bpe_tokens, ~banned)
+    if rules is not None and slack_id is not None:
+        rules = rules.with_slack(slack_id)
+    return Constraints(banned, is_pitch, is_boundary, max_polyphony, rules)

@@ -29,10 +29,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 NOTE_TYPES = ("Pitch", "Velocity", "Duration")
+SLACK = -2  # automaton type of the slack token (Grammar.with_slack)
 ALIASES = {"PitchDrum": "Pitch"}
 
 
@@ -40,13 +42,26 @@ ALIASES = {"PitchDrum": "Pitch"}
 class Grammar:
     """Token types and k-step reachability of the REMI automaton over a vocabulary."""
 
-    type_of: Tensor  # (V,) long: automaton type of each token id; -1 for wildcards
+    type_of: Tensor  # (V,) long: automaton type of each token id; -1 for wildcards, SLACK for slack
     reach: Tensor  # (K+1, T, T) bool: reach[k, a, b] = b can stand exactly k tokens after a
     start: int  # the virtual type before the first token
 
     def to(self, device: torch.device | str) -> Grammar:
         """Same grammar with tables on `device`."""
         return Grammar(self.type_of.to(device), self.reach.to(device), self.start)
+
+    def with_slack(self, slack_id: int) -> Grammar:
+        """The grammar of a model trained with slack tokens (`slack_id`): they decode to nothing, so
+        the automaton reads through them, and a gap of k slots holds at most k tokens."""
+        type_of = self.type_of.clone()
+        type_of[slack_id] = SLACK
+        # at most k: any j in 1..k real tokens, the other slots slack (reach[0] is the identity).
+        at_most = torch.cat([self.reach[:1], self.reach[1:].cummax(0).values])
+        return Grammar(type_of, at_most, self.start)
+
+    @property
+    def has_slack(self) -> bool:
+        return bool((self.type_of == SLACK).any())
 
     def _steps(self, d: Tensor) -> Tensor:
         # Beyond the table's length reachability is periodic-stable: every long gap is completable.
@@ -57,18 +72,30 @@ class Grammar:
         (B, L) on either side can still be completed."""
         B, L = x.shape
         T = self.reach.shape[1]
-        types = self.type_of[x]  # (B, L), -1 = wildcard
-        pos = torch.arange(L, device=x.device).expand(B, L)
-        left_idx, right_idx = nearest_known(known)  # the virtual start is index -1
+        types = self.type_of[x]  # (B, L), -1 = wildcard, SLACK = read through
+        slack = known & (types == SLACK)
+        # Slots up to each index that real tokens may use (known slack takes none): distances
+        # between tokens count these, so a gap holding slack has that much less room.
+        room = (~slack).long().cumsum(1)  # (B, L)
+        left_idx, right_idx = nearest_known(known & ~slack)  # the virtual start is index -1
+        room_left = torch.where(left_idx >= 0, room.gather(1, left_idx.clamp(min=0)), 0)
+        room_right = room.gather(1, right_idx.clamp(max=L - 1))
         left_t = torch.where(left_idx >= 0, types.gather(1, left_idx.clamp(min=0)), self.start)
-        ok = self.reach[self._steps(pos - left_idx), left_t.clamp(min=0)]  # (B, L, T)
+        ok = self.reach[self._steps(room - room_left), left_t.clamp(min=0)]  # (B, L, T)
         ok |= (left_t < 0)[..., None]  # a wildcard on the left constrains nothing
         right_t = torch.where(right_idx < L, types.gather(1, right_idx.clamp(max=L - 1)), -1)
-        to_right = self.reach[self._steps(right_idx - pos)]  # (B, L, T, T)
+        to_right = self.reach[self._steps(room_right - room)]  # (B, L, T, T)
         to_right = to_right.gather(3, right_t.clamp(min=0)[..., None, None].expand(B, L, T, 1))[..., 0]
         ok &= to_right | (right_t < 0)[..., None]
         token_ok = ok.gather(2, self.type_of.clamp(min=0).expand(B, L, -1))  # (B, L, V)
-        return token_ok | (self.type_of < 0)  # wildcards are always allowed
+        token_ok |= self.type_of == -1  # wildcards are always allowed
+        if self.has_slack:
+            # Slack here leaves one slot fewer between the known tokens on either side.
+            gap = self.reach[self._steps(room_right - room_left - 1), left_t.clamp(min=0)]  # (B, L, T)
+            fits = gap.gather(2, right_t.clamp(min=0)[..., None])[..., 0]  # (B, L)
+            fits |= (left_t < 0) | (right_t < 0)
+            token_ok[..., self.type_of == SLACK] = fits[..., None]
+        return token_ok
 
     def clashes(self, x: Tensor, known_before: Tensor, new: Tensor,
                 position_of: Tensor | None = None) -> Tensor:
@@ -86,14 +113,20 @@ class Grammar:
         kmax = reach.shape[0] - 1
         known, fresh = (known_before | new).cpu().numpy(), new.cpu().numpy()
         bad = torch.zeros_like(new, device="cpu").numpy()
+        slack = known & (types == SLACK)
+        # Slots a stretch's real tokens may use: its length less the slack already in it.
+        room = np.cumsum(~slack, axis=1)
         for b in range(x.shape[0]):
             prev_i, prev_t, last_pos = -1, self.start, -1
-            for i in known[b].nonzero()[0]:
+            for i in (known[b] & ~slack[b]).nonzero()[0]:
                 t, v = types[b, i], values[b, i]
-                if fresh[b, i] and ((t >= 0 and prev_t >= 0 and not reach[min(i - prev_i, kmax), prev_t, t])
-                                    or 0 <= v <= last_pos):
+                d = room[b, i] - (room[b, prev_i] if prev_i >= 0 else 0)
+                fits = t < 0 or prev_t < 0 or bool(reach[min(d, kmax), prev_t, t])
+                if fresh[b, i] and (not fits or 0 <= v <= last_pos):
                     bad[b, i] = True
                     continue
+                if not fits:  # two known tokens only part because of slack drawn between them now
+                    bad[b, prev_i + 1 : i] |= slack[b, prev_i + 1 : i] & fresh[b, prev_i + 1 : i]
                 prev_i, prev_t = i, t
                 last_pos = -1 if t == bar else max(last_pos, v)
         return torch.from_numpy(bad).to(x.device)

@@ -24,9 +24,10 @@ class TokenizeConfig:
     use_tempos: bool = False  # add Tempo tokens
     use_time_signatures: bool = False  # add TimeSig tokens (off: bars assume 4/4)
     merge_tracks: bool = True  # merge all non-drum tracks into one piano track (one stream)
-    special_tokens: list[str] = field(default_factory=lambda: ["PAD", "BOS", "EOS", "MASK"])
+    # SLACK: the filler of diffusion.slack (never in the token streams themselves).
+    special_tokens: list[str] = field(default_factory=lambda: ["PAD", "BOS", "EOS", "MASK", "SLACK"])
     # BPE vocabulary size (miditok's BPE, learned on the train split's bars; null = plain REMI).
-    # Must exceed the base REMI vocabulary of the settings above (284 with the defaults).
+    # Must exceed the base REMI vocabulary of the settings above (285 with the defaults).
     bpe_vocab: int | None = None
     min_notes: int = 1  # pieces with fewer notes (after preprocessing) are skipped
     valid_fraction: float = 0.05  # share of pieces in the valid split (hash of the piece id)

@@ -10,12 +10,12 @@ from smdim.tokenization.bpe import base_ids
 def token_error_rate(tokenizer: miditok.REMI, ids: list[int]) -> float:
     """Share of tokens that are ill-formed (0 = perfect).
 
-    PAD/BOS/EOS are framing and ignored; MASK or unknown ids count as one error each; the rest
+    PAD/BOS/EOS/SLACK are framing and ignored; MASK or unknown ids count as one error each; the rest
     is checked by miditok's REMI grammar (token-type successions, time going back, duplicates).
     With BPE, each id is first expanded to the base tokens it stands for, and the share is over
     base tokens (the same unit with and without BPE).
     """
-    framing = {tokenizer[f"{t}_None"] for t in ("PAD", "BOS", "EOS") if f"{t}_None" in tokenizer.vocab}
+    framing = {tokenizer[f"{t}_None"] for t in ("PAD", "BOS", "EOS", "SLACK") if f"{t}_None" in tokenizer.vocab}
     kept = [int(i) for i in ids if int(i) not in framing]
     if not kept:
         return 0.0

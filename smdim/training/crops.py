@@ -59,7 +59,7 @@ class CropSampler:
     """
 
     def __init__(self, pieces: list[np.ndarray], seq_len: int, bar_id: int | Collection[int], pad_id: int = 0,
-                 labels: Sequence[int] | None = None):
+                 labels: Sequence[int] | None = None, slack: float = 0.0, slack_id: int | None = None):
         if seq_len < 1:
             raise SmdimError(f"train.seq_len={seq_len}: must be >= 1")
         if labels is not None and len(labels) != len(pieces):
@@ -69,8 +69,11 @@ class CropSampler:
         pieces = [np.asarray(pieces[i], dtype=np.int64) for i in keep]
         if not pieces:
             raise SmdimError("no non-empty pieces to crop from; check data/tokens (dvc repro tokenize)")
+        if slack > 0 and slack_id is None:
+            raise SmdimError("diffusion.slack > 0 needs a SLACK token; add SLACK to tokenize.special_tokens")
         self.seq_len = seq_len
         self.pad_id = pad_id
+        self.slack, self.slack_id = slack, slack_id
         # One flat array + offsets: compact even for 10^8 tokens.
         self.lengths = np.array([len(p) for p in pieces], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
@@ -110,9 +113,23 @@ class CropSampler:
                 start = 0
             k = min(L, n - start)
             o = int(self.offsets[i]) + start
+            if self.slack > 0:
+                self._scatter_slack(rng, tokens[row], mask[row], self.flat[o : o + k])
+                continue
             tokens[row, :k] = self.flat[o : o + k]
             mask[row, :k] = True
         return Batch(torch.from_numpy(tokens), torch.from_numpy(mask), torch.from_numpy(self.labels[picks]))
+
+
+    def _scatter_slack(self, rng: np.random.Generator, out: np.ndarray, real: np.ndarray, src: np.ndarray) -> None:
+        """Fill one row: each slot is SLACK with probability `slack`, the others take `src` in order
+        (the window holds fewer of the piece's tokens); slack after the piece's end becomes PAD."""
+        is_slack = rng.random(len(out)) < self.slack  # (L,)
+        slots = np.flatnonzero(~is_slack)[: len(src)]
+        end = slots[-1] + 1 if len(slots) else 0
+        out[:end] = self.slack_id
+        out[slots] = src[: len(slots)]
+        real[:end] = True
 
 
 def load_pieces(tokens_dir: str | Path, split: str) -> list[np.ndarray]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,8 +56,10 @@ def validation_likelihood(
     draws: int = 8,
     batch_size: int = 16,
     seed: int = 0,
+    excluded: Sequence[int] = (),
 ) -> Likelihood:
-    """Bits per note of `pieces` under `model` (causal -> exact NLL, else the diffusion ELBO)."""
+    """Bits per note of `pieces` under `model` (causal -> exact NLL, else the diffusion ELBO);
+    `excluded`: ids the pieces never hold and the diffusion model gets no probability for (SLACK)."""
     device = next(model.parameters()).device
     elbo = Schedule(dataclasses.replace(schedule.cfg, weighting="elbo"))
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -74,7 +77,7 @@ def validation_likelihood(
                 logits = model(shifted_input(x0, bos_id), None, pad_mask=pad_mask)
                 nats += float(next_token_nll(logits, x0, mask_id, pad_mask))
             else:
-                nats += _elbo_nats(model, x0, pad_mask, elbo, mask_id, draws, gen)
+                nats += _elbo_nats(model, x0, pad_mask, elbo, mask_id, draws, gen, excluded)
     if was_training:
         model.train()
     return Likelihood(nats / math.log(2) / max(notes, 1), nats / math.log(2) / max(tokens, 1),
@@ -82,7 +85,7 @@ def validation_likelihood(
 
 
 def _elbo_nats(model, x0: Tensor, pad_mask: Tensor, schedule: Schedule, mask_id: int, draws: int,
-               gen: torch.Generator) -> float:
+               gen: torch.Generator, excluded: Sequence[int] = ()) -> float:
     """Sum over the batch of the ELBO (nats), averaged over `draws` stratified times per window."""
     total = 0.0
     b = x0.shape[0]
@@ -93,7 +96,7 @@ def _elbo_nats(model, x0: Tensor, pad_mask: Tensor, schedule: Schedule, mask_id:
         x_t, masked = mask_tokens(x0, t, mask_id, schedule, generator=gen, pad_mask=pad_mask)
         # The training loss's weighted masked CE, summed (n_real = 1) rather than averaged.
         nats, _ = masked_loss(model(x_t, t, pad_mask=pad_mask), x0, masked, schedule.loss_weight(t), mask_id,
-                              torch.tensor(1))
+                              torch.tensor(1), excluded)
         total += float(nats)
     return total / draws
 

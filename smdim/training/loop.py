@@ -218,7 +218,7 @@ def save_final(run: Run) -> None:
             model, load_pieces(paths.tokens, "valid"), seq_len=run.cfg.seq_len,
             notes_per_id=run.vocab.notes_per_id, mask_id=run.vocab.ids["MASK_None"],
             bos_id=run.vocab.ids.get("BOS_None"), pad_id=run.vocab.ids["PAD_None"], schedule=run.schedule,
-            draws=run.cfg.nll_draws, batch_size=run.cfg.batch_size,
+            draws=run.cfg.nll_draws, batch_size=run.cfg.batch_size, excluded=_slack_ids(run),
             seed=derive_seed(run.base.seed, steps, _VALID_NOISE_STREAM))
     log.info("validation NLL %.3f bits per note (%s, %d notes)", nll.bits_per_note,
              "exact" if nll.exact else "ELBO bound", nll.notes)
@@ -260,8 +260,15 @@ def _loss(run: Run, net: torch.nn.Module, batch: Batch, gen: torch.Generator,
             drop = torch.rand(collection.shape, generator=gen, device=gen.device) < run.cfg.collection_dropout
             collection = collection.masked_fill(drop.to(run.device), 0)
         net = WithCollection(net, collection)
+    # Validation windows hold no slack: score them by the model's odds among the other tokens.
+    excluded = () if training else _slack_ids(run)
     return objective_loss(net, run.model.cfg.causal, x0, pad_mask, mask_id=run.vocab.ids["MASK_None"],
-                          bos_id=run.vocab.ids.get("BOS_None"), schedule=run.schedule, generator=gen)
+                          bos_id=run.vocab.ids.get("BOS_None"), schedule=run.schedule, generator=gen,
+                          excluded=excluded, block_share=run.diffusion_cfg.block_share if training else 0.0)
+
+
+def _slack_ids(run: Run) -> tuple[int, ...]:
+    return (run.train_crops.slack_id,) if run.train_crops.slack_id is not None else ()
 
 
 def _due(done: int, every: int, last: int) -> bool:

@@ -6,6 +6,8 @@ One place for the choice, so the training loop and the step timing of equal-time
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -14,12 +16,15 @@ from smdim.diffusion.loss import diffusion_loss
 
 
 def objective_loss(net, causal: bool, x0: Tensor, pad_mask: Tensor, *, mask_id: int, bos_id: int | None,
-                   schedule, generator: torch.Generator | None = None) -> Tensor:
+                   schedule, generator: torch.Generator | None = None, excluded: Sequence[int] = (),
+                   block_share: float = 0.0) -> Tensor:
     """Causal: exact next-token NLL (windows start with BOS). Else: the diffusion loss, an upper
-    bound on the NLL with the ELBO weighting (t and masks drawn from `generator`)."""
+    bound on the NLL with the ELBO weighting (t and masks drawn from `generator`; `excluded` ids
+    get no probability; `block_share` of the windows masked block by block, diffusion.block_tokens)."""
     if causal:
         loss, _ = autoregressive_loss(net, x0, bos_id=bos_id, mask_id=mask_id, pad_mask=pad_mask)
     else:
         loss, _ = diffusion_loss(net, x0, mask_id=mask_id, schedule=schedule, pad_mask=pad_mask,
-                                 generator=generator)
+                                 generator=generator, excluded=excluded, block_share=block_share,
+                                 block_tokens=schedule.cfg.block_tokens)
     return loss

@@ -70,7 +70,7 @@ class Vocabulary:
 
     text: str
     size: int
-    ids: dict[str, int]  # SPECIAL name (and BOS_None if the tokenizer has it) -> id
+    ids: dict[str, int]  # SPECIAL name (and BOS_None, SLACK_None if the tokenizer has them) -> id
     notes_per_id: np.ndarray  # (size,) notes each id stands for (bits per note)
     bar_starts: frozenset[int]  # ids that begin a bar (Bar_None, and with BPE its merges)
 
@@ -117,6 +117,8 @@ def read_vocabulary(tokens_dir: Path) -> Vocabulary:
             ) from None
     if "BOS_None" in tokenizer.vocab:  # the autoregressive objective's window start
         ids["BOS_None"] = int(tokenizer["BOS_None"])
+    if "SLACK_None" in tokenizer.vocab:  # diffusion.slack's filler
+        ids["SLACK_None"] = int(tokenizer["SLACK_None"])
     return Vocabulary(path.read_text(encoding="utf-8"), len(tokenizer), ids, note_counts(tokenizer),
                       bar_start_ids(tokenizer))
 
@@ -210,7 +212,9 @@ def start_run(base: BaseConfig, model_cfg: ModelConfig, diffusion_cfg: Diffusion
     (train_pieces, train_labels), (valid_pieces, valid_labels) = (load_split(paths.tokens, s) for s in ("train", "valid"))
     index = collection_index(collections)
     labels = (lambda names: [index.get(n, 0) for n in names]) if index else (lambda names: None)
-    train_crops = CropSampler(train_pieces, cfg.seq_len, bar_ids, pad_id, labels(train_labels))
+    slack = slack_id(diffusion_cfg, model_cfg, vocab)
+    train_crops = CropSampler(train_pieces, cfg.seq_len, bar_ids, pad_id, labels(train_labels),
+                              slack=diffusion_cfg.slack if slack is not None else 0.0, slack_id=slack)
     valid_crops = CropSampler(valid_pieces, cfg.seq_len, bar_ids, pad_id, labels(valid_labels))
     valid = [b.rows(lo, hi) for b in validation_batches(valid_crops, base.seed, cfg.eval_batches, cfg.batch_size)]
     use_bf16 = base.dtype == "bfloat16" and device.type == "cuda"
@@ -227,6 +231,17 @@ def start_run(base: BaseConfig, model_cfg: ModelConfig, diffusion_cfg: Diffusion
     return Run(base, cfg, paths, diffusion_cfg, info, device, vocab, fingerprint, model, net, optimizer,
                scheduler, ema, make_schedule(diffusion_cfg), train_crops, valid, (lo, hi), use_bf16,
                live, start, log_acc, collections)
+
+
+def slack_id(diffusion_cfg: DiffusionConfig, model_cfg: ModelConfig, vocab: Vocabulary) -> int | None:
+    """The SLACK token's id when training scatters it (diffusion.slack > 0), else None. Like the
+    rest of the diffusion section, slack does not apply to autoregressive models."""
+    if diffusion_cfg.slack <= 0 or model_cfg.causal:
+        return None
+    if "SLACK_None" not in vocab.ids:
+        raise SmdimError(f"diffusion.slack={diffusion_cfg.slack}: data/tokens has no SLACK token; add SLACK "
+                         "to tokenize.special_tokens")
+    return vocab.ids["SLACK_None"]
 
 
 def with_vocab_size(model_cfg: ModelConfig, vocab: Vocabulary) -> ModelConfig:
