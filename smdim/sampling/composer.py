@@ -45,6 +45,7 @@ class Piece:
     ids: list[int]
     seconds: float  # wall time of its batch divided by the batch size
     network_calls: int  # denoiser calls of its batch
+    n_slack: int = 0  # slots the sampler left empty (SLACK, removed from ids)
 
 
 @dataclass
@@ -157,8 +158,9 @@ class Composer:
                     fixed=fixed, schedule=self.schedule, progress=progress, **sampler_kw,
                 )
             seconds = (time.perf_counter() - t0) / b
-            pieces += [Piece([i for i in row.tolist() if i != self.slack_id], seconds, stats["network_calls"])
-                       for row in x.cpu()]
+            for row in x.cpu().tolist():
+                ids = [i for i in row if i != self.slack_id]
+                pieces.append(Piece(ids, seconds, stats["network_calls"], len(row) - len(ids)))
         return pieces
 
 

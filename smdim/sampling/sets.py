@@ -38,6 +38,7 @@ def write_set(composer: Composer, cfg: SampleConfig, out: Path, subdir: str, n: 
         records.append({
             "file": file,
             "n_tokens": len(ids),
+            "n_slack": piece.n_slack,  # empty slots (diffusion.slack) the piece had before the cut
             "n_bars": count_bars(ids, composer.bar_ids),
             "token_error_rate": token_error_rate(composer.tokenizer, ids),
             "seconds": piece.seconds,
