@@ -49,6 +49,12 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
                    help="remdm sampler: remasking strategy (default: %(default)s)")
     p.add_argument("--remask-eta", type=float, default=DEFAULTS.remask_eta,
                    help="remdm sampler: remasking eta in [0, 1] (default: %(default)s)")
+    p.add_argument("--correct-rounds", type=int, default=DEFAULTS.correct_rounds, metavar="R",
+                   help="diffusion: Gibbs corrector rounds after the sampler (default: %(default)s)")
+    p.add_argument("--correct-share", type=float, default=DEFAULTS.correct_share, metavar="S",
+                   help="diffusion: share of the generated tokens redrawn per corrector round (default: %(default)s)")
+    p.add_argument("--correct-temperature", type=float, default=DEFAULTS.correct_temperature, metavar="T",
+                   help="diffusion: temperature of the corrector's draws (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=DEFAULTS.top_k, metavar="K", help="draw among the K most probable tokens")
     p.add_argument("--top-p", type=float, default=DEFAULTS.top_p, metavar="P", help="nucleus sampling with mass P")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -188,6 +194,9 @@ def _sampler_kw(args, composer, ban_prefixes=()) -> dict:
         "block_tokens": args.block_tokens,
         "remask": args.remask,
         "remask_eta": args.remask_eta,
+        "correct_rounds": args.correct_rounds,
+        "correct_share": args.correct_share,
+        "correct_temperature": args.correct_temperature,
         "top_k": args.top_k,
         "top_p": args.top_p,
         "confidence_noise": _confidence_noise(args, composer),

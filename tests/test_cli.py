@@ -222,9 +222,11 @@ def test_cli_defaults_are_the_sample_sections():
 def test_generate_with_the_literature_samplers(checkpoint, tmp_path, capsys):
     base = ["generate", "--checkpoint", str(checkpoint), "--tokens", "64", "--steps", "8", "--seed", "3"]
     for flags in (["--method", "remdm", "--remask", "conf", "--remask-eta", "0.1", "--top-p", "0.9"],
-                  ["--confidence", "margin", "--top-k", "5"]):
+                  ["--confidence", "margin", "--top-k", "5"],
+                  ["--correct-rounds", "3", "--correct-share", "0.2", "--correct-temperature", "0.3"]):
         a, b = tmp_path / "a.mid", tmp_path / "b.mid"
         main([*base, *flags, "--out", str(a)])
         main([*base, *flags, "--out", str(b)])
         assert a.read_bytes() == b.read_bytes()  # seeded
     assert "top_p" in one_line_error([*base, "--top-p", "2", "--out", str(tmp_path / "x.mid")], capsys)
+    assert "correct_share" in one_line_error([*base, "--correct-share", "0", "--out", str(tmp_path / "x.mid")], capsys)

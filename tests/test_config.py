@@ -54,8 +54,10 @@ def test_params_yaml_equals_the_dataclass_defaults(section):
     (TrainConfig, "train", {"setps": 3}, "train.setps: unknown parameter; did you mean 'steps'"),
     (DownloadConfig, "download", {"embedded": {"colections": []}}, "download.embedded.colections: unknown parameter; did you mean 'collections'"),
     (TrainConfig, "train", [1, 2], "train: expected a mapping of parameters"),
+    (SampleConfig, "sample", {"correct_share": 0.0}, "sample: correct_rounds must be >= 0 and correct_share in"),
+    (SampleConfig, "sample", {"correct_temperature": -1}, "sample: correct_temperature must be >= 0 or null"),
 ], ids=["optional-int", "optional-int-word", "optional-str", "digit-sha256", "literal", "range", "typo",
-        "nested-typo", "not-a-mapping"])
+        "nested-typo", "not-a-mapping", "corrector-share", "corrector-temperature"])
 def test_bad_values_give_one_line_naming_the_parameter(cls, where, data, message):
     with pytest.raises(ConfigError, match=message) as e:
         build(cls, data, where)

@@ -342,6 +342,8 @@ VARIANTS = {
     "top-p": ("confidence", {"top_p": 0.5}),
     "remdm-top-p": ("remdm", {"top_p": 0.8, "remask_eta": 0.3}),
     "semi-ar-blocks": ("confidence", {"block_tokens": 16, "confidence_noise": 0.5}),
+    "gibbs-corrector": ("confidence", {"correct_rounds": 6, "correct_share": 0.3}),
+    "gibbs-corrector-ancestral": ("ancestral", {"correct_rounds": 4, "correct_share": 0.5}),
 }
 variant_ids = list(VARIANTS)
 
@@ -422,6 +424,22 @@ def test_remasking_redraws_free_tokens_and_never_fixed_ones(strategy):
     assert (states[:, :10] == fixed[:, :10]).all()  # fixed tokens are never MASK, at any step
     decoded_then_masked = (states[:-1] != MASK) & (states[1:] == MASK)
     assert decoded_then_masked[:, 10:].any()  # free tokens really go back to MASK
+
+
+def test_corrector_redraws_only_generated_tokens_one_call_per_round():
+    model = Recorder(Toy())
+    fixed = prefix_fixed(list(range(10)), 60)
+    out = sample(model, 60, mask_id=MASK, steps=8, method="confidence", generator=gen(0), fixed=fixed,
+                 correct_rounds=5, correct_share=0.25)
+    assert len(model.seen) == 8 + 5
+    rounds = torch.cat(model.seen[8:])  # (5, L): what each corrector round showed the network
+    assert (rounds[:, :10] == fixed[0, :10]).all()
+    share = (rounds[:, 10:] == MASK).float().mean().item()
+    assert 0.1 < share < 0.4  # about correct_share of the 50 generated slots, redrawn each round
+    plain = sample(Toy(), 60, mask_id=MASK, steps=8, method="confidence", generator=gen(0), fixed=fixed)
+    assert not torch.equal(out, plain) and torch.equal(out[:, :10], plain[:, :10])
+    with pytest.raises(SmdimError, match="correct_share in"):
+        sample(Toy(), 8, mask_id=MASK, steps=2, correct_rounds=1, correct_share=0.0)
 
 
 def test_remdm_without_remasking_is_the_ancestral_sampler():

@@ -37,6 +37,10 @@ class SampleConfig:
     remask: RemaskStrategy = "cap"  # remdm method: sigma_t = min(eta, sigma_max) | eta * sigma_max | cap
     # spread over decoded tokens by low confidence
     remask_eta: float = 0.02  # remdm method: eta in [0, 1] (0 = no remasking, the ancestral sampler)
+    correct_rounds: int = 8  # Gibbs corrector rounds after the sampler, each redrawing a random
+    # correct_share of the generated tokens given the rest (smdim/sampling/corrector.py; 0 = off)
+    correct_temperature: float | None = 0.5  # temperature of the corrector's draws (null = `temperature`)
+    correct_share: float = 0.1  # share of the generated tokens masked and redrawn per corrector round, in (0, 1]
     top_k: int | None = None  # draw only among the k most probable allowed tokens (null = off)
     top_p: float | None = None  # nucleus: draw only from the smallest set with probability >= top_p (null = off)
     pitch_range: list[int] | None = None  # [lo, hi] MIDI pitches allowed (inclusive); null = any
@@ -68,6 +72,11 @@ class SampleConfig:
             raise ValueError(f"top_p must be in (0, 1] or null, got {self.top_p}")
         if not 0 <= self.remask_eta <= 1:
             raise ValueError(f"remask_eta must be in [0, 1], got {self.remask_eta}")
+        if self.correct_temperature is not None and self.correct_temperature < 0:
+            raise ValueError(f"correct_temperature must be >= 0 or null, got {self.correct_temperature}")
+        if self.correct_rounds < 0 or not 0 < self.correct_share <= 1:
+            raise ValueError(f"correct_rounds must be >= 0 and correct_share in (0, 1] (got {self.correct_rounds}, "
+                             f"{self.correct_share})")
         if self.pitch_range is not None and (len(self.pitch_range) != 2 or self.pitch_range[0] > self.pitch_range[1]):
             raise ValueError(f"pitch_range must be [lo, hi] with lo <= hi, got {self.pitch_range}")
         if self.scale is not None:

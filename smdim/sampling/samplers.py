@@ -20,6 +20,9 @@ Methods (all draw tokens from the denoiser's x0 prediction with MASK excluded; f
 - "remdm": the ancestral sampler with remasking (ReMDM, Wang et al. 2025), smdim/sampling/remdm.py:
   decoded tokens go back to MASK with probability sigma_t, so early errors can be redrawn.
 
+After any method, `correct_rounds` Gibbs corrector rounds (smdim/sampling/corrector.py) can redraw
+random subsets of the finished tokens given all the others.
+
 Every sampler draws from the constrained distribution, truncated to `top_k` / `top_p` if set
 (smdim.sampling.truncation).
 """
@@ -39,6 +42,7 @@ from smdim.diffusion.schedule import make_schedule
 from smdim.errors import SmdimError
 from smdim.sampling.config import CONFIDENCE_SCORES, METHODS, REMASK_STRATEGIES, UNMASK_SCHEDULES
 from smdim.sampling.constraints import Constraints
+from smdim.sampling.corrector import correct
 from smdim.sampling.remdm import remdm
 from smdim.sampling.truncation import draw_tokens
 
@@ -71,6 +75,9 @@ def sample_with_stats(
     top_k: int | None = None,
     top_p: float | None = None,
     block_tokens: int = 0,
+    correct_rounds: int = 0,
+    correct_share: float = 0.1,
+    correct_temperature: float | None = None,
 ) -> tuple[Tensor, dict[str, int]]:
     """Generate tokens and count network calls: returns ((B, length), {"network_calls", "steps"}).
 
@@ -80,7 +87,9 @@ def sample_with_stats(
     training schedule (default linear). unmask_schedule / confidence_noise / confidence:
     "confidence" only. block_tokens: "confidence" only, 0 = rank the whole sequence at once, N = finish
     N-token blocks left to right. remask / remask_eta: "remdm" only. top_k / top_p: truncation of every
-    draw (None = off).
+    draw (None = off). correct_rounds / correct_share / correct_temperature: Gibbs corrector rounds after any
+    method, each redrawing a random share of the generated slots at that temperature (None = temperature)
+    (smdim.sampling.corrector; 0 rounds = off).
     """
     if method not in METHODS:
         raise SmdimError(f"sampling method {method!r} is unknown; use one of {', '.join(METHODS)}")
@@ -96,6 +105,11 @@ def sample_with_stats(
         raise SmdimError(f"remask strategy {remask!r} is unknown; use one of {', '.join(REMASK_STRATEGIES)}")
     if not 0 <= remask_eta <= 1:
         raise SmdimError(f"remask_eta must be in [0, 1], got {remask_eta}")
+    if correct_temperature is not None and correct_temperature < 0:
+        raise SmdimError(f"correct_temperature must be >= 0, got {correct_temperature}")
+    if correct_rounds < 0 or not 0 < correct_share <= 1:
+        raise SmdimError(f"correct_rounds must be >= 0 and correct_share in (0, 1] (got {correct_rounds}, "
+                         f"{correct_share})")
     if block_tokens < 0:
         raise SmdimError(f"block_tokens must be >= 0 (0 = the whole sequence at once), got {block_tokens}")
     if (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
@@ -103,6 +117,7 @@ def sample_with_stats(
     schedule = schedule or make_schedule(DiffusionConfig(schedule="linear"))
     device = _device(denoiser)
     x = initial_tokens(length, batch_size, fixed, mask_id, device)
+    free = x == mask_id  # (B, L): the slots the sampler writes
     ctx = _Step(denoiser, mask_id, temperature, generator, constraints.to(device) if constraints else None,
                 top_k, top_p)
     with _eval_mode(denoiser), torch.no_grad():
@@ -113,6 +128,7 @@ def sample_with_stats(
             x = remdm(ctx, x, steps, schedule, strategy=remask, eta=remask_eta, progress=progress)
         else:
             x = _ancestral(ctx, x, steps, schedule, skip_idle=method == "cached", progress=progress)
+        x = correct(ctx, x, free, correct_rounds, correct_share, schedule, progress, correct_temperature)
     if (x == mask_id).any():  # the last step unmasks everything: this is a bug, not bad input
         raise RuntimeError("sampler left MASK tokens")
     return x, {"network_calls": ctx.calls, "steps": steps}

@@ -57,6 +57,8 @@ def sampler_kwargs(composer: Composer, cfg: SampleConfig) -> dict:
         unmask_schedule=cfg.unmask_schedule, confidence_noise=cfg.confidence_noise, confidence=cfg.confidence,
         block_tokens=cfg.block_tokens,
         remask=cfg.remask, remask_eta=cfg.remask_eta, top_k=cfg.top_k, top_p=cfg.top_p,
+        correct_rounds=cfg.correct_rounds, correct_share=cfg.correct_share,
+        correct_temperature=cfg.correct_temperature,
     )
 
 
