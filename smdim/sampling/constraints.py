@@ -93,6 +93,14 @@ class Constraints:
         seg, counts = self._segment_pitch_counts(x, known)
         return counts.gather(1, seg) > self.max_polyphony
 
+    def remaskable(self, x: Tensor, remask: Tensor, mask_id: int) -> Tensor:
+        """`remask` (B, L) less the Bar/Position tokens whose removal would merge two onsets over
+        the polyphony cap (the remasking samplers keep those)."""
+        if self.max_polyphony is None:
+            return remask
+        after = x.masked_fill(remask, mask_id)
+        return remask & ~(self.over_cap(after, after != mask_id) & self.is_boundary[x])
+
     def apply(self, logits: Tensor, x: Tensor, known: Tensor) -> Tensor:
         """Logits (B, L, V) with disallowed tokens set to -inf, given the current x (B, L)."""
         logits = logits.masked_fill(self.banned, float("-inf"))

@@ -30,25 +30,20 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 
-def correct(ctx, x: Tensor, free: Tensor, rounds: int, share: float, schedule, progress: bool = False,
-            temperature: float | None = None) -> Tensor:
+def correct(ctx, x: Tensor, free: Tensor, rounds: int, share: float, schedule, progress: bool = False) -> Tensor:
     """Run `rounds` corrector rounds on the finished x (B, L); only slots in `free` (B, L) change.
 
-    ctx is the samplers' _Step (network call, constraints, draws); schedule maps the masked share
-    to the network's time input.
+    ctx is the samplers' _Step (network call, constraints, draws at its temperature); schedule maps
+    the masked share to the network's time input.
     """
-    if rounds <= 0 or share <= 0:
+    if rounds <= 0:
         return x
-    if temperature is not None:
-        ctx.temperature = temperature  # the step object lives for this one call of the sampler
     n_free = free.sum(1).clamp(min=1).float()  # (B,)
     for _ in tqdm(range(rounds), desc="correcting", disable=not progress, leave=False):
         u = torch.rand(x.shape, generator=ctx.generator, device=x.device)
         remask = free & (u < share)  # (B, L)
-        c = ctx.constraints
-        if c is not None and c.max_polyphony is not None:
-            after = x.masked_fill(remask, ctx.mask_id)
-            remask &= ~(c.over_cap(after, after != ctx.mask_id) & c.is_boundary[x])
+        if ctx.constraints is not None:
+            remask = ctx.constraints.remaskable(x, remask, ctx.mask_id)
         rows = remask.any(1).nonzero().squeeze(1)
         if rows.numel() == 0:
             continue

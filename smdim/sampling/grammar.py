@@ -45,10 +45,11 @@ class Grammar:
     type_of: Tensor  # (V,) long: automaton type of each token id; -1 for wildcards, SLACK for slack
     reach: Tensor  # (K+1, T, T) bool: reach[k, a, b] = b can stand exactly k tokens after a
     start: int  # the virtual type before the first token
+    has_slack: bool = False  # a token of type SLACK exists (with_slack): allowed() rates it
 
     def to(self, device: torch.device | str) -> Grammar:
         """Same grammar with tables on `device`."""
-        return Grammar(self.type_of.to(device), self.reach.to(device), self.start)
+        return Grammar(self.type_of.to(device), self.reach.to(device), self.start, self.has_slack)
 
     def with_slack(self, slack_id: int) -> Grammar:
         """The grammar of a model trained with slack tokens (`slack_id`): they decode to nothing, so
@@ -57,11 +58,7 @@ class Grammar:
         type_of[slack_id] = SLACK
         # at most k: any j in 1..k real tokens, the other slots slack (reach[0] is the identity).
         at_most = torch.cat([self.reach[:1], self.reach[1:].cummax(0).values])
-        return Grammar(type_of, at_most, self.start)
-
-    @property
-    def has_slack(self) -> bool:
-        return bool((self.type_of == SLACK).any())
+        return Grammar(type_of, at_most, self.start, has_slack=True)
 
     def _steps(self, d: Tensor) -> Tensor:
         # Beyond the table's length reachability is periodic-stable: every long gap is completable.

@@ -49,10 +49,8 @@ def remdm(ctx, x: Tensor, steps: int, schedule, *, strategy: str, eta: float, pr
         unmask = masked & (u < p_unmask)
         p_remask = _remask_probs(decoded, psi, sigma, strategy)  # (B, L)
         remask = decoded & (u < p_remask)
-        if ctx.constraints is not None and ctx.constraints.max_polyphony is not None:
-            after = x.masked_fill(remask, ctx.mask_id)
-            keep = ctx.constraints.over_cap(after, after != ctx.mask_id) & ctx.constraints.is_boundary[x]
-            remask &= ~keep
+        if ctx.constraints is not None:
+            remask = ctx.constraints.remaskable(x, remask, ctx.mask_id)
         rows = unmask.any(1).nonzero().squeeze(1)
         if rows.numel():
             t_rows = torch.full((rows.numel(),), k / steps, device=x.device)

@@ -128,7 +128,9 @@ def sample_with_stats(
             x = remdm(ctx, x, steps, schedule, strategy=remask, eta=remask_eta, progress=progress)
         else:
             x = _ancestral(ctx, x, steps, schedule, skip_idle=method == "cached", progress=progress)
-        x = correct(ctx, x, free, correct_rounds, correct_share, schedule, progress, correct_temperature)
+        if correct_temperature is not None:
+            ctx.temperature = correct_temperature  # the sampler is done: what is drawn now is the corrector's
+        x = correct(ctx, x, free, correct_rounds, correct_share, schedule, progress)
     if (x == mask_id).any():  # the last step unmasks everything: this is a bug, not bad input
         raise RuntimeError("sampler left MASK tokens")
     return x, {"network_calls": ctx.calls, "steps": steps}
