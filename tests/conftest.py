@@ -51,7 +51,11 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.Compl
     """Run a command, capturing output; on failure show stdout+stderr in the assertion."""
     p = subprocess.run(cmd, cwd=cwd, env=kw.pop("env", tool_env()), capture_output=True, text=True, **kw)
     if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}")
+        # The error lines first: a failing DVC experiment says why long before the tail (seen once
+        # in test_objectives_comparison, with the reason cut off).
+        errors = [line for line in (p.stdout + p.stderr).splitlines() if "ERROR" in line or "Error" in line]
+        raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\nerror lines:\n" + "\n".join(errors[-30:])
+                             + f"\n--- stdout tail:\n{p.stdout[-4000:]}\n--- stderr tail:\n{p.stderr[-4000:]}")
     return p
 
 
