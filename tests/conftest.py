@@ -53,7 +53,8 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.Compl
     if check and p.returncode != 0:
         # The error lines first: a failing DVC experiment says why long before the tail (seen once
         # in test_objectives_comparison, with the reason cut off).
-        errors = [line for line in (p.stdout + p.stderr).splitlines() if "ERROR" in line or "Error" in line]
+        lines = p.stdout.splitlines() + p.stderr.splitlines()  # not stdout + stderr: its last line has no newline
+        errors = [line for line in lines if "ERROR" in line or "Error" in line]
         raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\nerror lines:\n" + "\n".join(errors[-30:])
                              + f"\n--- stdout tail:\n{p.stdout[-4000:]}\n--- stderr tail:\n{p.stderr[-4000:]}")
     return p
