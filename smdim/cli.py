@@ -60,8 +60,15 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--pitch-range", type=int, nargs=2, metavar=("LO", "HI"), help="allowed MIDI pitches")
     p.add_argument("--max-polyphony", type=int, metavar="K", help="max notes starting together")
-    p.add_argument("--scale", metavar="TONIC:MODE",
-                   help="only pitches of this scale, e.g. C:major, D:dorian, C:pentatonic (Chinese gong)")
+    p.add_argument("--scale", metavar="TONIC:MODE", default=DEFAULTS.scale,
+                   help="only pitches of this scale, e.g. C:major, D:dorian, C:pentatonic (Chinese gong); "
+                        "'auto': each piece keeps to the key of its first decided pitches; 'none': any "
+                        "(default: %(default)s)")
+    p.add_argument("--scale-notes", type=int, default=DEFAULTS.scale_notes, metavar="N",
+                   help="--scale auto: decided pitches before a piece's key is fixed (default: %(default)s)")
+    p.add_argument("--key", metavar="TONIC", default=DEFAULTS.key,
+                   help="transpose the piece to this tonic (C, F#, Bb); 'prior': a tonic drawn from the train "
+                        "pieces' keys; 'none': keep the sampled key; not with a prompt (default: %(default)s)")
     p.add_argument("--no-grammar", dest="grammar", action="store_false", default=DEFAULTS.grammar,
                    help="do not mask tokens that break the REMI grammar")
     p.add_argument("--collection", metavar="NAME", default=DEFAULTS.collection,
@@ -201,8 +208,10 @@ def _sampler_kw(args, composer, ban_prefixes=()) -> dict:
         "top_p": args.top_p,
         "confidence_noise": _confidence_noise(args, composer),
         "collection": None if args.collection == "none" else args.collection,
+        "key": None if args.key == "none" else args.key,
         "constraints": constraints_for(composer, args.pitch_range, args.max_polyphony, ban_prefixes,
-                                       scale=args.scale, grammar=args.grammar),
+                                       scale=None if args.scale == "none" else args.scale, grammar=args.grammar,
+                                       scale_notes=args.scale_notes),
     }
 
 

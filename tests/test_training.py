@@ -375,3 +375,53 @@ def test_a_slack_model_trains_samples_and_its_pieces_hold_no_slack(shared_data, 
     train(BaseConfig(seed=7, device="cpu"), ar, DiffusionConfig(slack=0.1), cfg,
           TrainPaths(tokens, tmp_path / "ar/models", tmp_path / "ar/results"))
     assert load_composer(str(tmp_path / "ar/models/model.pt")).slack_id is None  # slack is diffusion's
+
+
+# ---------------------------------------------------------------- keys
+def test_model_pt_carries_the_train_keys_and_pieces_move_to_them(tokens_dir, tmp_path, monkeypatch):
+    from smdim.diffusion.config import DiffusionConfig
+    from smdim.model.config import ModelConfig
+    from smdim.sampling.composer import constraints_for, load_composer
+    from smdim.tokenization.keys import tonic_of
+    from smdim.training.loop import TrainPaths, train
+
+    monkeypatch.chdir(tmp_path)
+    train(BaseConfig(seed=7, device="cpu"), build(ModelConfig, TINY_MODEL, "model"), DiffusionConfig(),
+          build(TrainConfig, {**TINY_TRAIN, "steps": 4}, "train"),
+          TrainPaths(tokens_dir, tmp_path / "models", tmp_path / "results"))
+    c = load_composer(str(tmp_path / "models/model.pt"))
+    assert len(c.key_shares) == len(c.collections) + 1  # all pieces, then one row per collection
+    assert all(len(row) == 12 and sum(row) == pytest.approx(1) for row in c.key_shares)
+    assert sum(s > 0 for s in c.key_shares[0]) >= 3  # 24 POP909 songs are not all in one key
+    # An untrained model spreads notes over the whole vocabulary, where no shift fits (the piece then
+    # stays where it is); a pitch range leaves room to move.
+    kw = {"constraints": constraints_for(c, [48, 84], None), "steps": 6, "method": "confidence"}
+
+    def pieces(key, seed=0):
+        return c.generate(6, 96, generator=torch.Generator().manual_seed(seed), key=key, **kw)
+
+    def tonics(key):
+        return [tonic_of(c.pitch_classes[p.ids].sum(0)) for p in pieces(key)]
+
+    def pitches(piece):
+        return [int(c.tokenizer[i].split("_")[1]) for i in piece.ids if c.tokenizer[i].startswith("Pitch_")]
+
+    # Every key gets the same sampled pieces, each moved by one shift: Eb sits 3 semitones above C.
+    for in_c, in_eb in zip(pieces("C"), pieces("Eb"), strict=True):
+        a, b = pitches(in_c), pitches(in_eb)
+        assert a and len(a) == len(b) and len({y - x for x, y in zip(a, b, strict=True)}) == 1
+        assert (b[0] - a[0]) % 12 == 3
+    # The key finder reads the new key back (up to exact ties between two scales, which a
+    # short piece of an untrained model can have).
+    assert sum(t == 3 for t in tonics("Eb")) >= 5
+    drawn = tonics("prior")
+    assert drawn == tonics("prior") and sum(c.key_shares[0][t] > 0 for t in drawn if t is not None) >= 5
+    # A prompt sets the key: its pieces are not moved.
+    prompt = torch.full((96,), -1)
+    prompt[:8] = torch.tensor(c.generate(1, 32, generator=torch.Generator().manual_seed(3), **kw)[0].ids[:8])
+    for key in ("Eb", None):
+        got = c.generate(2, 96, generator=torch.Generator().manual_seed(4), key=key, fixed=prompt, **kw)
+        assert all(p.ids[:8] == prompt[:8].tolist() for p in got)
+    # A checkpoint from before key shares: "prior" keeps the sampled keys, with a warning.
+    c.key_shares = ()
+    assert c.tonics_for("prior", [None], 0) is None

@@ -19,3 +19,9 @@ class WithCollection(nn.Module):
         c = self.collection.to(x.device)
         c = c.expand(x.shape[0]) if c.dim() == 0 else c  # (B,)
         return self.net(x, t, pad_mask, collection=c)
+
+    def select(self, rows: Tensor) -> WithCollection:
+        """The same net bound to the indices of `rows` only: for samplers that call the network on
+        the batch rows with work left (`cached`, ReMDM, the corrector)."""
+        c = self.collection
+        return self if c.dim() == 0 else WithCollection(self.net, c[rows.to(c.device)])

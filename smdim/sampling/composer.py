@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from smdim.config import build
@@ -28,7 +29,8 @@ from smdim.model.collection import WithCollection
 from smdim.sampling.constraints import Constraints, make_constraints
 from smdim.sampling.samplers import sample_with_stats
 from smdim.sampling.streaming import generate_autoregressive
-from smdim.tokenization.bpe import bar_start_ids
+from smdim.tokenization.bpe import bar_start_ids, base_tokens, is_bpe
+from smdim.tokenization.keys import Transposer, parse_tonic, pitch_class_counts
 from smdim.tokenization.tokenizer import tokenizer_from_text
 
 log = logging.getLogger("smdim.sampling")
@@ -63,6 +65,7 @@ class Composer:
     collection_shares: tuple[float, ...] = ()  # each collection's share of the train pieces
     sample_defaults: dict = dataclasses.field(default_factory=dict)  # sampler settings the checkpoint recommends
     slack_id: int | None = None  # trained with diffusion.slack: the SLACK token, removed from every piece
+    key_shares: tuple[tuple[float, ...], ...] = ()  # tonic shares of the train pieces: all, then per collection
 
     def collection_index(self, collection: str | None) -> int:
         """The model's index of `collection`: 1..K, or 0 ("none") for None; a one-line error for a
@@ -102,6 +105,35 @@ class Composer:
         index = torch.searchsorted(cum, points, right=True).clamp(max=len(cum) - 1)
         return [self.collections[int(i)] for i in index[torch.randperm(n, generator=g)]]
 
+    @functools.cached_property
+    def pitch_classes(self) -> np.ndarray:
+        """(V, 12) pitches of each class every id holds (smdim.tokenization.keys)."""
+        return pitch_class_counts(base_tokens(self.tokenizer))
+
+    def tonics_for(self, key: str | None, collections: Sequence[str | None], seed: int) -> list[int] | None:
+        """The tonic each piece is moved to: None (keep the sampled keys), one tonic for all ('D'),
+        or "prior": one per piece drawn from the train pieces' tonic shares of its collection."""
+        if key is None:
+            return None
+        if is_bpe(self.tokenizer):
+            if key == PRIOR:
+                log.warning("sample.key prior: a BPE tokenizer's ids cannot be transposed one by one; "
+                            "pieces keep the keys they were sampled in")
+                return None
+            raise SmdimError(f"key {key!r} needs a plain REMI tokenizer (this model uses BPE); set key to null")
+        if key != PRIOR:
+            return [parse_tonic(key)] * len(collections)
+        if not self.key_shares:
+            log.warning("sample.key prior: the checkpoint has no key shares (trained before they were saved); "
+                        "pieces keep the keys they were sampled in")
+            return None
+        rng = np.random.default_rng(seed)
+        tonics = []
+        for c in collections:
+            shares = np.asarray(self.key_shares[self.collection_index(c)], dtype=np.float64)
+            tonics.append(int(rng.choice(12, p=shares / shares.sum())))
+        return tonics
+
     def collection_indices(self, collections: Sequence[str | None]) -> torch.Tensor | None:
         """(B,) the model's collection index per row (0 = "none"); None when every row is unconditional."""
         if all(c is None for c in collections):
@@ -130,16 +162,21 @@ class Composer:
         fixed: torch.Tensor | None = None,
         progress: bool = False,
         collection: str | Sequence[str | None] | None = None,
+        key: str | None = None,
         **sampler_kw,
     ) -> list[Piece]:
         """`n` pieces of `length` tokens, in batches; `fixed` (L,) applies to every piece;
         `collection`: one of self.collections (conditioned models), "prior" (collections_for) or one
-        per piece; None = unconditional."""
+        per piece; None = unconditional. `key` (tonics_for): each finished piece is transposed to
+        it; not with `fixed` tokens, whose key is the user's."""
         if collection == PRIOR:  # the mix's seed comes from the generator, so one seed fixes everything
             collection = self.collections_for(PRIOR, n, int(torch.randint(2**31, (), generator=generator)))
         per_piece = [collection] * n if collection is None or isinstance(collection, str) else list(collection)
         if len(per_piece) != n:
             raise SmdimError(f"{len(per_piece)} collections for {n} pieces")
+        tonics = None
+        if key is not None and fixed is None:
+            tonics = self.tonics_for(key, per_piece, int(torch.randint(2**31, (), generator=generator)))
         pieces: list[Piece] = []
         while len(pieces) < n:
             b = min(batch_size, n - len(pieces))
@@ -160,8 +197,14 @@ class Composer:
             seconds = (time.perf_counter() - t0) / b
             for row in x.cpu().tolist():
                 ids = [i for i in row if i != self.slack_id]
+                if tonics is not None:
+                    ids, _ = self.transposer.shift_to(ids, self.pitch_classes, tonics[len(pieces)])
                 pieces.append(Piece(ids, seconds, stats["network_calls"], len(row) - len(ids)))
         return pieces
+
+    @functools.cached_property
+    def transposer(self) -> Transposer:
+        return Transposer(dict(self.tokenizer.vocab))
 
 
 def load_composer(path: str, device: str = "cpu") -> Composer:
@@ -188,7 +231,8 @@ def load_composer(path: str, device: str = "cpu") -> Composer:
                     int(step) if step is not None else None, bos_id, tuple(extra.get("collections") or ()),
                     tuple(float(x) for x in extra.get("collection_shares") or ()),
                     dict(extra.get("sample_defaults") or {}),
-                    tokenizer.vocab.get("SLACK_None") if diffusion.slack > 0 and not model.cfg.causal else None)
+                    tokenizer.vocab.get("SLACK_None") if diffusion.slack > 0 and not model.cfg.causal else None,
+                    tuple(tuple(float(x) for x in row) for row in extra.get("key_shares") or ()))
 
 
 def keep_bars(ids: Sequence[int], bar_ids: set[int], bars: int) -> list[int]:
@@ -208,9 +252,9 @@ def count_bars(ids: Sequence[int], bar_ids: set[int]) -> int:
 
 
 def constraints_for(composer: Composer, pitch_range, max_polyphony, ban_prefixes=(), scale=None,
-                    grammar: bool = True) -> Constraints:
+                    grammar: bool = True, scale_notes: int = 8) -> Constraints:
     """Sampling constraints on the composer's vocabulary (special tokens always banned)."""
     return make_constraints(
         composer.tokenizer, pitch_range=pitch_range, max_polyphony=max_polyphony, ban_prefixes=ban_prefixes,
-        scale=scale, grammar=grammar, slack_id=composer.slack_id,
+        scale=scale, grammar=grammar, slack_id=composer.slack_id, scale_notes=scale_notes,
     )

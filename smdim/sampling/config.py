@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from smdim.errors import SmdimError
-from smdim.sampling.scales import pitch_classes
+from smdim.sampling.scales import AUTO, pitch_classes
+from smdim.tokenization.keys import parse_tonic
 
 SamplerMethod = Literal["ancestral", "cached", "confidence", "remdm"]  # see smdim/sampling/samplers.py
 UnmaskSchedule = Literal["cosine", "linear"]
@@ -45,7 +46,11 @@ class SampleConfig:
     top_p: float | None = None  # nucleus: draw only from the smallest set with probability >= top_p (null = off)
     pitch_range: list[int] | None = None  # [lo, hi] MIDI pitches allowed (inclusive); null = any
     max_polyphony: int | None = None  # max notes starting at one REMI position; null = no cap
-    scale: str | None = None  # only pitches of this scale, e.g. C:major, D:dorian, C:pentatonic; null = any
+    scale: str | None = None  # only pitches of this scale, e.g. C:major, D:dorian, C:pentatonic; null = any;
+    # auto = each piece keeps to the key its first scale_notes decided pitches fit (smdim/sampling/key.py)
+    scale_notes: int = 8  # scale auto: decided pitches before a piece's key is fixed
+    key: str | None = "prior"  # transpose each finished piece: prior = to a tonic drawn from the train
+    # pieces' keys (of its collection), a tonic (C, F#, Bb) = all to it, null = keep the sampled keys
     grammar: bool = True  # logit masks that follow the REMI grammar (Bar, Position, Pitch, Velocity, Duration)
     batch_size: int = 4  # pieces generated together
     lengths: list[int] = field(default_factory=lambda: [128, 256, 512])  # by_length/<L>/ sets
@@ -79,9 +84,16 @@ class SampleConfig:
                              f"{self.correct_share})")
         if self.pitch_range is not None and (len(self.pitch_range) != 2 or self.pitch_range[0] > self.pitch_range[1]):
             raise ValueError(f"pitch_range must be [lo, hi] with lo <= hi, got {self.pitch_range}")
-        if self.scale is not None:
+        if self.scale_notes < 1:
+            raise ValueError(f"scale_notes must be >= 1, got {self.scale_notes}")
+        if self.scale is not None and self.scale != AUTO:
             try:
                 pitch_classes(self.scale)
+            except SmdimError as e:
+                raise ValueError(str(e)) from None
+        if self.key is not None and self.key != "prior":
+            try:
+                parse_tonic(self.key)
             except SmdimError as e:
                 raise ValueError(str(e)) from None
         if self.max_polyphony is not None and self.max_polyphony < 1:

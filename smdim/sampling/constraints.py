@@ -24,13 +24,16 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from smdim.errors import SmdimError
 from smdim.sampling.grammar import Grammar, bpe_grammar, nearest_known, remi_grammar
-from smdim.sampling.scales import pitch_classes
+from smdim.sampling.key import KeyLock
+from smdim.sampling.scales import AUTO, pitch_classes
 from smdim.tokenization.bpe import base_tokens, is_bpe
+from smdim.tokenization.keys import pitch_class_counts
 
 SPECIAL_PREFIXES = ("PAD_", "BOS_", "EOS_", "MASK_", "SEP_", "SLACK_")
 
@@ -48,6 +51,7 @@ class Constraints:
     grammar: Grammar | None = None  # REMI token-type transitions (None = any order)
     position_of: Tensor | None = None  # (V,) long: value of each Position token, -1 for others;
     # with the grammar on, Positions rise within a bar (REMI time never goes back)
+    key: KeyLock | None = None  # scale "auto": each piece keeps to the key of its first pitches
 
     def to(self, device: torch.device | str) -> Constraints:
         """Same constraints with masks on `device`."""
@@ -55,6 +59,7 @@ class Constraints:
             self.banned.to(device), self.is_pitch.to(device), self.is_boundary.to(device), self.max_polyphony,
             self.grammar.to(device) if self.grammar is not None else None,
             self.position_of.to(device) if self.position_of is not None else None,
+            self.key.to(device) if self.key is not None else None,
         )
 
     def position_order(self, x: Tensor, known: Tensor) -> Tensor:
@@ -101,11 +106,18 @@ class Constraints:
         after = x.masked_fill(remask, mask_id)
         return remask & ~(self.over_cap(after, after != mask_id) & self.is_boundary[x])
 
-    def apply(self, logits: Tensor, x: Tensor, known: Tensor) -> Tensor:
-        """Logits (B, L, V) with disallowed tokens set to -inf, given the current x (B, L)."""
-        logits = logits.masked_fill(self.banned, float("-inf"))
+    def apply(self, logits: Tensor, x: Tensor, known: Tensor,
+              key_context: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Logits (B, L, V) with disallowed tokens set to -inf, given the current x (B, L).
+
+        key_context: (x, known) of the whole piece where x is a window of it (streaming), so the
+        key lock reads every pitch decided so far."""
+        banned = self.banned  # (V,), or (B, 1, V) with a key per piece
+        if self.key is not None:
+            banned = banned | self.key.banned(*(key_context or (x, known)))[:, None, :]
+        logits = logits.masked_fill(banned, float("-inf"))
         if self.grammar is not None:
-            ok = self.grammar.allowed(x, known) & ~self.banned  # (B, L, V)
+            ok = self.grammar.allowed(x, known) & ~banned  # (B, L, V)
             if self.position_of is not None:
                 # The order rule is conservative (a Bar may still come between): where it would
                 # leave a slot nothing, the grammar alone decides.
@@ -114,7 +126,7 @@ class Constraints:
                 ok = torch.where(modelled, ordered, ok)
             # A slot the grammar cannot fill under the bans (e.g. an infill with Bar tokens banned)
             # keeps every token the bans allow.
-            ok = torch.where(ok.any(-1, keepdim=True), ok, ~self.banned)
+            ok = torch.where(ok.any(-1, keepdim=True), ok, ~banned)
             logits = logits.masked_fill(~ok, float("-inf"))
         if self.max_polyphony is not None:
             blocked = self.pitch_blocked(x, known)  # (B, L)
@@ -157,6 +169,7 @@ def make_constraints(
     scale: str | None = None,
     grammar: bool = True,
     slack_id: int | None = None,
+    scale_notes: int = 8,
 ) -> Constraints:
     """Constraints for a miditok tokenizer (or its vocab dict token -> id).
 
@@ -164,7 +177,8 @@ def make_constraints(
     max_polyphony: max Pitch tokens per REMI onset (None = no cap).
     ban_special: never sample PAD/BOS/EOS/MASK/SEP (they decode to nothing).
     ban_prefixes: token types never sampled, e.g. ("Bar_",) so an infill keeps the bar count.
-    scale: 'TONIC:MODE' (e.g. 'C:major', 'C:pentatonic'): only Pitch tokens in it (None = any).
+    scale: 'TONIC:MODE' (e.g. 'C:major', 'C:pentatonic'): only Pitch tokens in it (None = any);
+    'auto': each piece keeps to the scale its first `scale_notes` decided pitches fit (smdim.sampling.key).
     grammar: follow the REMI token-type grammar (smdim.sampling.grammar).
     slack_id: the SLACK token of a model trained with slack (diffusion.slack): sampled like any
     token, and the grammar reads through it.
@@ -173,7 +187,7 @@ def make_constraints(
     banned when any base token it stands for does (e.g. a merged note with an out-of-range pitch
     is banned); the grammar runs on BPE token types and max_polyphony is refused.
     """
-    in_scale = pitch_classes(scale) if scale is not None else None
+    in_scale = pitch_classes(scale) if scale is not None and scale != AUTO else None
     vocab, specials, bpe_tokens = _vocab(tokenizer_or_vocab)
     # Every id with the base tokens it stands for: itself in plain REMI, a run of them with BPE.
     per_id = bpe_tokens if bpe_tokens is not None else [(name,) for name in vocab]
@@ -215,14 +229,21 @@ def make_constraints(
                          "with BPE (tokenize.bpe_vocab): set sample.max_polyphony to null")
     if not (~banned & ~is_pitch).any():
         raise SmdimError("constraints ban every non-pitch token; check the tokenizer vocabulary")
+    if scale_notes < 1:
+        raise SmdimError(f"scale_notes must be >= 1, got {scale_notes}")
+    key = None
+    if scale == AUTO:
+        counts = np.zeros((size, 12))
+        counts[list(ids)] = pitch_class_counts(per_id)
+        key = KeyLock.for_vocab(torch.from_numpy(counts), scale_notes)
     if not grammar:
-        return Constraints(banned, is_pitch, is_boundary, max_polyphony)
+        return Constraints(banned, is_pitch, is_boundary, max_polyphony, key=key)
     if bpe_tokens is None:
         rules = remi_grammar(vocab)
         if rules is not None and slack_id is not None:
             rules = rules.with_slack(slack_id)
         return Constraints(banned, is_pitch, is_boundary, max_polyphony, rules,
-                           position_of if rules is not None else None)
+                           position_of if rules is not None else None, key)
     # BPE: token types through (first, last) base types (grammar.bpe_grammar). The rule that
     # Positions rise within a bar needs each token's single Position value; BPE tokens hold several
     # or none, so it is off and only miditok's validity check sees time going back.
@@ -230,4 +251,4 @@ def make_constraints(
     rules = bpe_grammar(bpe_tokens, ~banned)
     if rules is not None and slack_id is not None:
         rules = rules.with_slack(slack_id)
-    return Constraints(banned, is_pitch, is_boundary, max_polyphony, rules)
+    return Constraints(banned, is_pitch, is_boundary, max_polyphony, rules, key=key)

@@ -49,7 +49,7 @@ def correct(ctx, x: Tensor, free: Tensor, rounds: int, share: float, schedule, p
             continue
         y = x[rows].masked_fill(remask[rows], ctx.mask_id)  # (b, L)
         t = schedule.time_of(remask[rows].sum(1).float() / n_free[rows])  # (b,)
-        logits = ctx.logits(y, t)  # (b, L, V)
+        logits = ctx.logits(y, t, rows)  # (b, L, V)
         x = x.clone()
         x[rows] = ctx.fill(y, remask[rows], logits)
     return x

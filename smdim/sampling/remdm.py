@@ -54,7 +54,7 @@ def remdm(ctx, x: Tensor, steps: int, schedule, *, strategy: str, eta: float, pr
         rows = unmask.any(1).nonzero().squeeze(1)
         if rows.numel():
             t_rows = torch.full((rows.numel(),), k / steps, device=x.device)
-            logits = ctx.logits(x[rows], t_rows)  # (b, L, V)
+            logits = ctx.logits(x[rows], t_rows, rows)  # (b, L, V)
             new = ctx.fill(x[rows], unmask[rows], logits)
             p_new = torch.softmax(ctx.unconstrained, dim=-1).gather(-1, new[..., None]).squeeze(-1)  # (b, L)
             psi[rows] = torch.where(unmask[rows], p_new, psi[rows])

@@ -145,10 +145,15 @@ class _Step:
         self.generator, self.constraints, self.calls = generator, constraints, 0
         self.top_k, self.top_p = top_k, top_p
 
-    def logits(self, x: Tensor, t: Tensor) -> Tensor:
-        """Network logits (B, L, V) with MASK and constrained tokens at -inf, as float32."""
+    def logits(self, x: Tensor, t: Tensor, rows: Tensor | None = None) -> Tensor:
+        """Network logits (B, L, V) with MASK and constrained tokens at -inf, as float32; `rows`:
+        the batch rows x holds, when it holds a subset (a denoiser with per-row state, such as a
+        collection per piece, is narrowed to them through its `select`)."""
         self.calls += 1
-        logits = self.denoiser(x, t, pad_mask=None).float()  # (B, L, V)
+        net = self.denoiser
+        if rows is not None and hasattr(net, "select"):
+            net = net.select(rows)
+        logits = net(x, t, pad_mask=None).float()  # (B, L, V)
         mask_col = torch.tensor([self.mask_id], device=logits.device)
         logits = logits.index_fill(-1, mask_col, float("-inf"))  # out of place: never edit the output
         self.unconstrained = logits  # for redraws under neighbours drawn later in the same step
@@ -212,7 +217,7 @@ def _ancestral(ctx: _Step, x: Tensor, steps: int, schedule, *, skip_idle: bool, 
         if rows.numel() == 0:
             continue
         t_rows = torch.full((rows.numel(),), k / steps, device=x.device)
-        logits = ctx.logits(x[rows], t_rows)  # (b, L, V)
+        logits = ctx.logits(x[rows], t_rows, rows)  # (b, L, V)
         x[rows] = ctx.fill(x[rows], sel[rows], logits)
     return x
 

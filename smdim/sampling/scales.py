@@ -26,6 +26,7 @@ SCALES: dict[str, tuple[int, ...]] = {
     "blues": (0, 3, 5, 6, 7, 10),
     "chromatic": tuple(range(12)),
 }
+AUTO = "auto"  # scale: the key each piece's own first pitches set (smdim.sampling.key)
 TONICS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 
 

@@ -53,12 +53,12 @@ def sampler_kwargs(composer: Composer, cfg: SampleConfig) -> dict:
     return dict(
         method=cfg.method, steps=cfg.steps, temperature=cfg.temperature,
         constraints=constraints_for(composer, cfg.pitch_range, cfg.max_polyphony, scale=cfg.scale,
-                                    grammar=cfg.grammar),
+                                    grammar=cfg.grammar, scale_notes=cfg.scale_notes),
         unmask_schedule=cfg.unmask_schedule, confidence_noise=cfg.confidence_noise, confidence=cfg.confidence,
         block_tokens=cfg.block_tokens,
         remask=cfg.remask, remask_eta=cfg.remask_eta, top_k=cfg.top_k, top_p=cfg.top_p,
         correct_rounds=cfg.correct_rounds, correct_share=cfg.correct_share,
-        correct_temperature=cfg.correct_temperature,
+        correct_temperature=cfg.correct_temperature, key=cfg.key,
     )
 
 

@@ -43,6 +43,7 @@ from smdim.training.run import (
     clear_outputs,
     collection_shares,
     fingerprint_of,
+    key_shares,
     read_vocabulary,
     resumable_state,
     start_run,
@@ -241,6 +242,8 @@ def _extras(run: Run, step: int) -> dict[str, Any]:
         "collections": list(run.collections),
         # each collection's share of the train pieces: `sample.collection: prior` draws from it
         "collection_shares": collection_shares(run.train_crops.labels, len(run.collections)),
+        # tonic shares of the train pieces (all, then per collection): `sample.key: prior`
+        "key_shares": key_shares(run.train_crops, run.vocab.pitch_classes, len(run.collections)),
     }
 
 

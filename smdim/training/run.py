@@ -27,7 +27,8 @@ from smdim.io import clear_stale_temps
 from smdim.model.config import ModelConfig
 from smdim.model.denoiser import Denoiser
 from smdim.runtime import BaseConfig, seed_everything
-from smdim.tokenization.bpe import bar_start_ids, note_counts
+from smdim.tokenization.bpe import bar_start_ids, base_tokens, note_counts
+from smdim.tokenization.keys import pitch_class_counts, tonic_shares
 from smdim.tokenization.tokenizer import load_tokenizer
 from smdim.training.config import RESUMABLE_FIELDS, TrainConfig
 from smdim.training.crops import Batch, CropSampler, load_split, validation_batches
@@ -73,6 +74,7 @@ class Vocabulary:
     ids: dict[str, int]  # SPECIAL name (and BOS_None, SLACK_None if the tokenizer has them) -> id
     notes_per_id: np.ndarray  # (size,) notes each id stands for (bits per note)
     bar_starts: frozenset[int]  # ids that begin a bar (Bar_None, and with BPE its merges)
+    pitch_classes: np.ndarray  # (size, 12) pitches of each class every id holds (the train pieces' keys)
 
 
 @dataclass
@@ -120,7 +122,7 @@ def read_vocabulary(tokens_dir: Path) -> Vocabulary:
     if "SLACK_None" in tokenizer.vocab:  # diffusion.slack's filler
         ids["SLACK_None"] = int(tokenizer["SLACK_None"])
     return Vocabulary(path.read_text(encoding="utf-8"), len(tokenizer), ids, note_counts(tokenizer),
-                      bar_start_ids(tokenizer))
+                      bar_start_ids(tokenizer), pitch_class_counts(base_tokens(tokenizer)))
 
 
 def check_objective(model_cfg: ModelConfig, vocab: Vocabulary, tokens_dir: Path) -> None:
@@ -260,6 +262,16 @@ def collection_shares(labels: np.ndarray, k: int) -> list[float]:
     """Share of the pieces labelled 1..k in `labels` (0 = unlabelled, left out); [] when k is 0."""
     counts = np.bincount(labels, minlength=k + 1)[1:k + 1]
     return (counts / max(int(counts.sum()), 1)).tolist() if k else []
+
+
+def key_shares(crops: CropSampler, pitch_classes: np.ndarray, k: int) -> list[list[float]]:
+    """Share of each tonic (12) among the train pieces: row 0 all of them, row i those of
+    collection i (1..k). `sample.key: prior` draws each piece's key from its collection's row."""
+    pieces = [crops.flat[o:o + n] for o, n in zip(crops.offsets, crops.lengths, strict=True)]
+    return [tonic_shares(pieces, pitch_classes)] + [
+        tonic_shares([p for p, label in zip(pieces, crops.labels, strict=True) if label == c], pitch_classes)
+        for c in range(1, k + 1)
+    ]
 
 
 def with_collections(model_cfg: ModelConfig, collections: tuple[str, ...]) -> ModelConfig:
