@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from smdim.errors import SmdimError
+from smdim.tokenization.keys import tonic_class
 
 # Semitones above the tonic. `pentatonic` is the Chinese gong mode (C D E G A from C); its other
 # modes (shang, jue, zhi, yu) are the same five notes started elsewhere, e.g. A:yu = C:gong.
@@ -27,19 +28,16 @@ SCALES: dict[str, tuple[int, ...]] = {
     "chromatic": tuple(range(12)),
 }
 AUTO = "auto"  # scale: the key each piece's own first pitches set (smdim.sampling.key)
-TONICS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 
 
 def pitch_classes(scale: str) -> frozenset[int]:
     """'D:dorian' -> {2, 4, 5, 7, 9, 11, 0}; one-line error naming what is allowed."""
     tonic, sep, mode = scale.partition(":")
-    tonic = tonic.strip()
     mode = mode.strip().lower()
-    if not sep or not tonic or tonic[0].upper() not in TONICS or mode not in SCALES \
-            or any(c not in "#b" for c in tonic[1:]):
+    root = tonic_class(tonic)
+    if not sep or root is None or mode not in SCALES:
         raise SmdimError(
             f"scale {scale!r}: expected TONIC:MODE, e.g. C:major, F#:minor, C:pentatonic; "
             f"modes: {', '.join(SCALES)}"
         )
-    root = TONICS[tonic[0].upper()] + tonic.count("#") - tonic[1:].count("b")
     return frozenset((root + step) % 12 for step in SCALES[mode])

@@ -20,7 +20,6 @@ import numpy as np
 from smdim.errors import SmdimError
 
 KEY_MODES = {"major": (0, 2, 4, 5, 7, 9, 11), "harmonic_minor": (0, 2, 3, 5, 7, 8, 11)}
-TONIC_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 _LETTERS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 
 
@@ -76,12 +75,21 @@ def tonic_shares(pieces: Iterable[np.ndarray], counts: np.ndarray) -> list[float
     return (tally / tally.sum() if tally.sum() else np.full(12, 1 / 12)).tolist()
 
 
-def parse_tonic(name: str) -> int:
-    """'C', 'F#', 'Bb' -> 0, 6, 10; a one-line error otherwise."""
+def tonic_class(name: str) -> int | None:
+    """'C', 'F#', 'Bb', 'a' -> 0, 6, 10, 9; None when `name` is not a letter with sharps or flats
+    (the caller says what it expected: a key here, a scale's tonic in smdim.sampling.scales)."""
     n = name.strip()
     if not n or n[0].upper() not in _LETTERS or any(c not in "#b" for c in n[1:]):
-        raise SmdimError(f"key {name!r}: expected a tonic such as C, F#, Bb, or 'prior' (the train pieces' keys)")
+        return None
     return (_LETTERS[n[0].upper()] + n.count("#") - n[1:].count("b")) % 12
+
+
+def parse_tonic(name: str) -> int:
+    """'C', 'F#', 'Bb' -> 0, 6, 10; a one-line error otherwise."""
+    tonic = tonic_class(name)
+    if tonic is None:
+        raise SmdimError(f"key {name!r}: expected a tonic such as C, F#, Bb, or 'prior' (the train pieces' keys)")
+    return tonic
 
 
 class Transposer:
