@@ -80,7 +80,10 @@ def _draw(logits: Tensor, x: Tensor, i: int, boundary: Tensor, c: Constraints | 
         window = torch.cat([x[:, lo:i], torch.full_like(x[:, :1], mask_id)], dim=1)  # (B, W)
         full = logits.new_zeros(window.shape[0], window.shape[1], logits.shape[-1])
         full[:, -1] = logits
-        head = x[:, :i]  # the key lock (scale "auto") reads the whole piece so far
-        logits = c.apply(full, window, window != mask_id, key_context=(head, head != mask_id))[:, -1]
+        key_context = None
+        if c.key is not None:  # the key lock (scale "auto") reads the whole piece so far: O(i) per token
+            head = x[:, :i]
+            key_context = (head, head != mask_id)
+        logits = c.apply(full, window, window != mask_id, key_context=key_context)[:, -1]
     return draw_tokens(logits, temperature, generator, top_k, top_p)
 
