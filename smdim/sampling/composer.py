@@ -152,6 +152,12 @@ class Composer:
         the sample stage asks for it twice per piece, and it walks the whole vocabulary."""
         return bar_start_ids(self.tokenizer)
 
+    @staticmethod
+    def _seed_from(generator: torch.Generator) -> int:
+        """A seed drawn from the sampling generator, on its own device (a CUDA generator cannot
+        draw a CPU tensor), so one `--seed` fixes the collection mix and the keys as well."""
+        return int(torch.randint(2**31, (), generator=generator, device=generator.device))
+
     def generate(
         self,
         n: int,
@@ -170,13 +176,13 @@ class Composer:
         per piece; None = unconditional. `key` (tonics_for): each finished piece is transposed to
         it; not with `fixed` tokens, whose key is the user's."""
         if collection == PRIOR:  # the mix's seed comes from the generator, so one seed fixes everything
-            collection = self.collections_for(PRIOR, n, int(torch.randint(2**31, (), generator=generator)))
+            collection = self.collections_for(PRIOR, n, self._seed_from(generator))
         per_piece = [collection] * n if collection is None or isinstance(collection, str) else list(collection)
         if len(per_piece) != n:
             raise SmdimError(f"{len(per_piece)} collections for {n} pieces")
         tonics = None
         if key is not None and fixed is None:
-            tonics = self.tonics_for(key, per_piece, int(torch.randint(2**31, (), generator=generator)))
+            tonics = self.tonics_for(key, per_piece, self._seed_from(generator))
         pieces: list[Piece] = []
         while len(pieces) < n:
             b = min(batch_size, n - len(pieces))
