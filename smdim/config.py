@@ -61,6 +61,12 @@ def build(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
         raise ConfigError("\n".join(_describe(cls, err, where) for err in e.errors())) from None
 
 
+def build_saved(cls: type[T], saved: Mapping[str, Any] | None, absent_means: Mapping[str, Any], where: str) -> T:
+    """`build` for a config read back from a saved file (a checkpoint): a field the file predates
+    takes `absent_means[field]`, what its absence meant when it was written, not today's default."""
+    return build(cls, {**absent_means, **(saved or {})}, where)
+
+
 def to_dict(obj: Any) -> Any:
     """Dataclass (possibly nested) -> plain dict/list values, for JSON and checkpoints."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

@@ -158,6 +158,27 @@ def test_generate_with_a_wrong_checkpoint_says_what_to_use(tmp_path, case):
     assert expect in line and "weights_only" not in line
 
 
+@pytest.mark.parametrize("shares", [[[0.5] * 11], "C major", [[-1.0] + [0.1] * 11], [[0.1] * 12] * 2],
+                         ids=["short-row", "not-numbers", "negative", "extra-row"])
+def test_generate_with_damaged_key_shares_says_so_at_load(tmp_path, shares):
+    from smdim.pretrained import PRETRAINED
+
+    ckpt = torch.load(PRETRAINED, weights_only=True)
+    assert ckpt["extra"]["collections"] == []  # so one row: all pieces, no collection rows
+    ckpt["extra"]["key_shares"] = shares  # as a hand edit might leave it
+    torch.save(ckpt, tmp_path / "edited.pt")
+    p = subprocess.run([sys.executable, "-m", "smdim.cli", "generate", "--checkpoint", str(tmp_path / "edited.pt"),
+                        "--out", str(tmp_path / "x.mid")], capture_output=True, text=True, cwd=ROOT)
+    line = _one_error_line(p)
+    assert "edited.pt: key_shares must be 1 row of 12 non-negative tonic shares" in line, line
+    assert not (tmp_path / "x.mid").exists()
+    ckpt["extra"]["key_shares"] = [[1.0] + [0.0] * 11]  # well formed: loads, and draws C
+    torch.save(ckpt, tmp_path / "fine.pt")
+    from smdim.sampling.composer import load_composer
+
+    assert load_composer(str(tmp_path / "fine.pt")).tonics_for("prior", [None, None], 0) == [0, 0]
+
+
 def test_bpe_vocab_below_the_base_vocabulary(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["tokenize"]["bpe_vocab"] = 100

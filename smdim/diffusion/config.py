@@ -35,3 +35,8 @@ class DiffusionConfig:
             raise ValueError(f"block_share must be in [0, 1], got {self.block_share}")
         if self.block_tokens < 1:
             raise ValueError(f"block_tokens must be >= 1, got {self.block_tokens}")
+
+    def uses_slack(self, causal: bool) -> bool:
+        """Whether SLACK tokens were scattered into training (and are removed from samples). Like the
+        rest of this section, slack does not apply to autoregressive (causal) models."""
+        return self.slack > 0 and not causal

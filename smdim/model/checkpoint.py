@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from smdim.config import build, to_dict
+from smdim.config import build_saved, to_dict
 from smdim.errors import ConfigError, SmdimError
 from smdim.io import atomic_path
 from smdim.model.config import ModelConfig
@@ -76,10 +76,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> tuple
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise SmdimError(f"{path}: not an smdim denoiser checkpoint (expected format {FORMAT}); "
                          "use models/model.pt from the train stage")
-    # Fields added after a checkpoint was written take the value that matches its weights.
-    config = {**ABSENT_MEANS, **payload["config"]}
     try:
-        cfg = build(ModelConfig, config, f"{path}:config")
+        cfg = build_saved(ModelConfig, payload["config"], ABSENT_MEANS, f"{path}:config")
     except ConfigError as e:
         raise SmdimError(f"{e}; the checkpoint is from an incompatible smdim version") from None
     model = Denoiser(cfg)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from smdim.config import build, load_params, to_dict
+from smdim.config import build, build_saved, load_params, to_dict
 from smdim.diffusion.config import ABSENT_MEANS as DIFFUSION_ABSENT
 from smdim.diffusion.config import DiffusionConfig
 from smdim.errors import SmdimError
@@ -41,8 +41,7 @@ def export(src: str | Path, dst: str | Path = PRETRAINED) -> Path:
     old = payload.get("extra", {})
     extra = {k: old[k] for k in KEEP if k in old}
     extra.update(
-        diffusion=to_dict(build(DiffusionConfig, {**DIFFUSION_ABSENT, **(old.get("diffusion") or {})},
-                                f"{src}:diffusion")),
+        diffusion=to_dict(build_saved(DiffusionConfig, old.get("diffusion"), DIFFUSION_ABSENT, f"{src}:diffusion")),
         train=to_dict(build(TrainConfig, old.get("train") or {}, f"{src}:train")),
         collections=list(old.get("collections", [])), weights_dtype="float16", preset=PRESET,
     )
@@ -53,7 +52,7 @@ def export(src: str | Path, dst: str | Path = PRETRAINED) -> Path:
     extra["sample_defaults"] = {k: checked[k] for k in preset}
     # A field newer than the checkpoint takes what its absence means, never today's default (the
     # shipped file has no refinement layer: a default of 1 would describe weights it does not hold).
-    config = to_dict(build(ModelConfig, {**ABSENT_MEANS, **payload["config"]}, f"{src}:config"))
+    config = to_dict(build_saved(ModelConfig, payload["config"], ABSENT_MEANS, f"{src}:config"))
     save_atomic({"format": FORMAT, "config": config, "state_dict": state, "extra": extra}, dst)
     return Path(dst)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from smdim.config import build
+from smdim.config import build_saved
 from smdim.diffusion.config import ABSENT_MEANS as DIFFUSION_ABSENT
 from smdim.diffusion.config import DiffusionConfig
 from smdim.diffusion.schedule import Schedule, make_schedule
@@ -227,18 +227,37 @@ def load_composer(path: str, device: str = "cpu") -> Composer:
         raise SmdimError(f"{path}: model vocabulary {vocab} != tokenizer size {len(tokenizer)}; retrain")
     if "diffusion" not in extra:
         log.warning("%s: no diffusion config in the checkpoint; assuming the linear schedule", path)
-    diffusion = build(DiffusionConfig, {**DIFFUSION_ABSENT, **(extra.get("diffusion") or {})}, f"{path}:diffusion")
+    diffusion = build_saved(DiffusionConfig, extra.get("diffusion"), DIFFUSION_ABSENT, f"{path}:diffusion")
+    collections = tuple(extra.get("collections") or ())
+    key_shares = _key_shares(path, extra.get("key_shares"), 1 + len(collections))
     step = extra.get("step")
     bos_id = extra.get("bos_id", tokenizer.vocab.get("BOS_None"))
     if model.cfg.causal and bos_id is None:
         raise SmdimError(f"{path}: an autoregressive model without a BOS token; retrain with BOS in "
                          "tokenize.special_tokens")
     return Composer(model.eval(), tokenizer, mask_id, make_schedule(diffusion), torch.device(device),
-                    int(step) if step is not None else None, bos_id, tuple(extra.get("collections") or ()),
+                    int(step) if step is not None else None, bos_id, collections,
                     tuple(float(x) for x in extra.get("collection_shares") or ()),
                     dict(extra.get("sample_defaults") or {}),
-                    tokenizer.vocab.get("SLACK_None") if diffusion.slack > 0 and not model.cfg.causal else None,
-                    tuple(tuple(float(x) for x in row) for row in extra.get("key_shares") or ()))
+                    tokenizer.vocab.get("SLACK_None") if diffusion.uses_slack(model.cfg.causal) else None,
+                    key_shares)
+
+
+def _key_shares(path: str, rows, n_rows: int) -> tuple[tuple[float, ...], ...]:
+    """The checkpoint's tonic shares (all pieces, then one row per collection), checked here so a
+    hand-edited or damaged checkpoint fails at load with one line, not mid-sampling."""
+    if not rows:
+        return ()
+    try:
+        table = np.asarray(rows, dtype=np.float64)
+    except (TypeError, ValueError):
+        table = np.empty(0)
+    if table.shape != (n_rows, 12) or not np.isfinite(table).all() or (table < 0).any() \
+            or (table.sum(1) <= 0).any():
+        want = f"{n_rows} row" + ("s" if n_rows != 1 else "")
+        raise SmdimError(f"{path}: key_shares must be {want} of 12 non-negative tonic shares, "
+                         "each summing above 0; re-export the checkpoint or retrain")
+    return tuple(tuple(float(x) for x in row) for row in table)
 
 
 def keep_bars(ids: Sequence[int], bar_ids: set[int], bars: int) -> list[int]:

@@ -236,9 +236,8 @@ def start_run(base: BaseConfig, model_cfg: ModelConfig, diffusion_cfg: Diffusion
 
 
 def slack_id(diffusion_cfg: DiffusionConfig, model_cfg: ModelConfig, vocab: Vocabulary) -> int | None:
-    """The SLACK token's id when training scatters it (diffusion.slack > 0), else None. Like the
-    rest of the diffusion section, slack does not apply to autoregressive models."""
-    if diffusion_cfg.slack <= 0 or model_cfg.causal:
+    """The SLACK token's id when training scatters it (DiffusionConfig.uses_slack), else None."""
+    if not diffusion_cfg.uses_slack(model_cfg.causal):
         return None
     if "SLACK_None" not in vocab.ids:
         raise SmdimError(f"diffusion.slack={diffusion_cfg.slack}: data/tokens has no SLACK token; add SLACK "
