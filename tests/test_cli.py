@@ -99,8 +99,8 @@ def test_generate(checkpoint, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_generate_on_cuda_is_seeded(tmp_path):
-    """The shipped model's defaults draw a collection and a key from the sampling generator, which
-    is a CUDA generator under `--device cuda` (a device check found that draw failing there)."""
+    """The defaults (`collection` and `key` prior) draw their seeds from the sampling generator,
+    which is a CUDA generator under `--device cuda` (a device check found that draw failing there)."""
     from smdim.pretrained import PRETRAINED
 
     args = ["generate", "--checkpoint", str(PRETRAINED), "--device", "cuda", "--tokens", "128",
