@@ -227,7 +227,10 @@ def _device(name: str) -> str:
         resolve_device,  # lazy like every torch import here: `--help` stays instant
     )
 
-    return resolve_device(name)
+    try:
+        return resolve_device(name)
+    except SmdimError:  # resolve_device names base.device, the params key; here the user typed a flag
+        raise SmdimError(f"--device {name} but no CUDA GPU is visible; pass --device auto or cpu") from None
 
 
 def _write(composer, ids: list[int], args: argparse.Namespace) -> None:

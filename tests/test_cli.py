@@ -234,6 +234,14 @@ def test_cli_defaults_are_the_sample_sections():
     assert args.checkpoint is None and cli._checkpoint(args) in (cfg.checkpoint, str(PRETRAINED))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_names_the_flag(checkpoint, tmp_path, capsys):
+    out = tmp_path / "x.mid"
+    err = one_line_error(["generate", "--checkpoint", str(checkpoint), "--device", "cuda", "--out", str(out)], capsys)
+    assert "--device cuda but no CUDA GPU is visible; pass --device auto or cpu" in err
+    assert not out.exists()
+
+
 def test_generate_with_the_literature_samplers(checkpoint, tmp_path, capsys):
     base = ["generate", "--checkpoint", str(checkpoint), "--tokens", "64", "--steps", "8", "--seed", "3"]
     for flags in (["--method", "remdm", "--remask", "conf", "--remask-eta", "0.1", "--top-p", "0.9"],
