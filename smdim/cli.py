@@ -227,10 +227,7 @@ def _device(name: str) -> str:
         resolve_device,  # lazy like every torch import here: `--help` stays instant
     )
 
-    try:
-        return resolve_device(name)
-    except SmdimError:  # resolve_device names base.device, the params key; here the user typed a flag
-        raise SmdimError(f"--device {name} but no CUDA GPU is visible; pass --device auto or cpu") from None
+    return resolve_device(name, setting="--device")
 
 
 def _write(composer, ids: list[int], args: argparse.Namespace) -> None:

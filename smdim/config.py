@@ -67,6 +67,12 @@ def build_saved(cls: type[T], saved: Mapping[str, Any] | None, absent_means: Map
     return build(cls, {**absent_means, **(saved or {})}, where)
 
 
+def saved_dict(obj: Any, absent_means: Mapping[str, Any]) -> dict[str, Any]:
+    """`to_dict` of a config for a canonical saved file: fields at what their absence means are left
+    out, so a field added later (with its `absent_means` entry) never changes an older file's bytes."""
+    return {k: v for k, v in to_dict(obj).items() if k not in absent_means or v != absent_means[k]}
+
+
 def to_dict(obj: Any) -> Any:
     """Dataclass (possibly nested) -> plain dict/list values, for JSON and checkpoints."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,10 +28,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str) -> str:
-    """'auto' -> 'cuda' when available else 'cpu'; an explicit 'cuda' without a GPU is an error."""
+def resolve_device(name: str, setting: str = "base.device") -> str:
+    """'auto' -> 'cuda' when available else 'cpu'; an explicit 'cuda' without a GPU, or a name that
+    is no device, is a one-line error naming `setting` (a params key, or a flag such as --device)."""
+    flag = setting.startswith("-")
+    given = f"{setting} {name}" if flag else f"{setting}={name}"
+    fix = f"pass {setting}" if flag else f"set {setting}:"
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", name):
+        raise SmdimError(f"{given} is not a device; {fix} auto, cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SmdimError(f"base.device={name} but no CUDA GPU is visible; set base.device: auto or cpu")
+        raise SmdimError(f"{given} but no CUDA GPU is visible; {fix} auto or cpu")
     return name

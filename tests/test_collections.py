@@ -183,3 +183,17 @@ def test_prior_needs_collection_shares(conditioned):
         older.collections_for("prior", 4, seed=0)
     with pytest.raises(SmdimError, match="3 collections for 2 pieces"):
         older.generate(2, 16, generator=torch.Generator(), collection=["embedded/han1"] * 3)
+
+
+@pytest.mark.parametrize("shares", [[0.5], [0.5, -0.1], [0.0, 0.0], "han1", [0.5, float("nan")]],
+                         ids=["short", "negative", "all-zero", "not-numbers", "nan"])
+def test_damaged_collection_shares_fail_at_load_with_one_line(conditioned, tmp_path, shares):
+    ckpt = torch.load(conditioned, weights_only=True)
+    ckpt["extra"]["collection_shares"] = shares  # as a hand edit might leave it
+    torch.save(ckpt, tmp_path / "edited.pt")
+    with pytest.raises(SmdimError, match=r"edited.pt: collection_shares must be 2 non-negative shares, one per "
+                                         r"collection, summing above 0; re-export the checkpoint or retrain$"):
+        load_composer(str(tmp_path / "edited.pt"))
+    ckpt["extra"]["collection_shares"] = [0.0, 3.0]  # well formed (shares need not sum to 1): loads
+    torch.save(ckpt, tmp_path / "fine.pt")
+    assert load_composer(str(tmp_path / "fine.pt")).collections_for("prior", 3, seed=0) == ["embedded/han1"] * 3

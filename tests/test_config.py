@@ -92,3 +92,32 @@ def test_a_stage_prints_config_errors_without_a_traceback(tmp_path):
         "error: download.local.limit: input should be a valid integer, unable to parse string as an "
         "integer, got 'all'",
     ]
+
+
+def test_device_names_are_checked_and_errors_name_the_setting():
+    import torch
+
+    from smdim.errors import SmdimError
+    from smdim.runtime import resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(SmdimError, match=r"^base.device=gpu is not a device; set base.device: auto, cpu, cuda or cuda:N$"):
+        resolve_device("gpu")
+    with pytest.raises(SmdimError, match=r"^--device cuda:x is not a device; pass --device auto, cpu, cuda or cuda:N$"):
+        resolve_device("cuda:x", setting="--device")
+    if not torch.cuda.is_available():
+        with pytest.raises(SmdimError, match=r"^base.device=cuda:1 but no CUDA GPU is visible; set base.device: auto"):
+            resolve_device("cuda:1")
+
+
+def test_saved_dict_leaves_out_fields_at_what_their_absence_means():
+    from smdim.config import build_saved, saved_dict
+    from smdim.model.checkpoint import ABSENT_MEANS
+    from smdim.model.config import ModelConfig
+
+    old = saved_dict(ModelConfig(refine_layers=0, collection_cond=False), ABSENT_MEANS)
+    assert not set(ABSENT_MEANS) & set(old)  # all three at their "absent" value: none written
+    assert build_saved(ModelConfig, old, ABSENT_MEANS, "x") == ModelConfig(refine_layers=0, collection_cond=False)
+    new = saved_dict(ModelConfig(self_cond=True), ABSENT_MEANS)
+    assert new["self_cond"] is True and new["refine_layers"] == 1 and new["collection_cond"] is True

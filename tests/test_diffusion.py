@@ -183,3 +183,34 @@ def test_masked_loss_excluded_ids_get_no_probability():
     loss, _ = masked_loss(logits, x0, masked, w, 6, torch.tensor(10), excluded=(5,))
     ref = torch.nn.functional.cross_entropy(logits[..., :5].reshape(-1, 5), x0.reshape(-1), reduction="sum") / 10
     assert torch.allclose(loss, ref)
+
+
+def test_self_conditioning_feeds_the_first_pass_prediction_without_gradient():
+    """self_cond_share 1: a no-grad first call on the same x_t, then a call given its softmax
+    (MASK excluded); share 0: one plain call and no extra draw from the generator."""
+    calls = []
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(8, generator=torch.Generator().manual_seed(2)))
+
+        def forward(self, x, t=None, pad_mask=None, prev=None):
+            out = self.w[x.clamp(max=7)][..., None] * torch.linspace(-1, 1, 10)  # (B, L, 10)
+            out = out if prev is None else out + prev
+            calls.append((x.clone(), prev, torch.is_grad_enabled(), out.detach()))
+            return out
+
+    x0 = torch.randint(0, 8, (3, 16), generator=torch.Generator().manual_seed(0))
+    diffusion_loss(Net(), x0, mask_id=9, schedule=sched(), generator=torch.Generator().manual_seed(1),
+                   self_cond_share=1.0)
+    (x_a, prev_a, grad_a, out_a), (x_b, prev_b, grad_b, _) = calls
+    assert prev_a is None and not grad_a and grad_b and torch.equal(x_a, x_b)
+    expected = torch.cat([out_a[..., :9].softmax(-1), torch.zeros(3, 16, 1)], -1)  # id 9 is MASK
+    torch.testing.assert_close(prev_b, expected)
+    calls.clear()
+    g_plain, g_share0 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    diffusion_loss(Net(), x0, mask_id=9, schedule=sched(), generator=g_plain)
+    diffusion_loss(Net(), x0, mask_id=9, schedule=sched(), generator=g_share0, self_cond_share=0.0)
+    assert len(calls) == 2 and all(prev is None for _, prev, _, _ in calls)
+    assert torch.equal(g_plain.get_state(), g_share0.get_state())

@@ -242,3 +242,39 @@ def test_checkpoint_errors(tmp_path):
     torch.save(payload, mismatched)
     with pytest.raises(SmdimError, match="do not match"):
         load_checkpoint(mismatched)
+
+
+def test_self_conditioning_starts_as_the_plain_net_and_reads_prev():
+    """model.self_cond: zero-initialised, so a fresh net ignores `prev`; once trained it reads it,
+    per token (a row's prediction moves only that row's logits)."""
+    torch.manual_seed(0)
+    plain = Denoiser(tiny()).eval()
+    model = Denoiser(tiny(self_cond=True)).eval()
+    model.load_state_dict(plain.state_dict(), strict=False)  # all but the new projection
+    assert model.self_conditioned and not plain.self_conditioned
+    x = torch.randint(0, V, (2, 16))
+    prev = torch.softmax(torch.randn(2, 16, V), -1)
+    torch.testing.assert_close(model(x, prev=prev), plain(x))
+    torch.testing.assert_close(model(x), plain(x))
+    torch.nn.init.normal_(model.self_cond.weight)
+    moved = model(x, prev=prev)
+    assert not torch.allclose(moved, plain(x))
+    other = prev.clone()
+    other[1] = torch.softmax(torch.randn(16, V), -1)
+    torch.testing.assert_close(model(x, prev=other)[0], moved[0])  # row 0's prev is unchanged
+    with pytest.raises(ValueError, match="self_cond is for diffusion only"):
+        tiny(self_cond=True, objective="autoregressive")
+
+
+def test_checkpoint_without_self_cond_loads_unconditioned(tmp_path):
+    model = Denoiser(tiny())
+    save_checkpoint(tmp_path / "old.pt", model)
+    payload = torch.load(tmp_path / "old.pt", weights_only=True)
+    del payload["config"]["self_cond"]
+    torch.save(payload, tmp_path / "old.pt")
+    again, _ = load_checkpoint(tmp_path / "old.pt")
+    assert not again.cfg.self_cond and again.self_cond is None
+    sc = Denoiser(tiny(self_cond=True))
+    save_checkpoint(tmp_path / "sc.pt", sc)
+    loaded, _ = load_checkpoint(tmp_path / "sc.pt")
+    assert loaded.cfg.self_cond and torch.equal(loaded.self_cond.weight, sc.self_cond.weight)

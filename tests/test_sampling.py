@@ -524,3 +524,49 @@ def test_bad_new_options_are_one_line_errors(kw, message):
 def test_sample_config_new_option_errors(data, message):
     with pytest.raises(ConfigError, match=message):
         build(SampleConfig, data, "sample")
+
+
+class SelfConditioned(torch.nn.Module):
+    """Toy with `prev` (model.self_cond): keeps what it was given, adds it to its logits."""
+
+    self_conditioned = True
+
+    def __init__(self):
+        super().__init__()
+        self.inner, self.given, self.outputs = Toy(), [], []
+
+    def forward(self, x, t=None, pad_mask=None, prev=None):
+        self.given.append(None if prev is None else prev.clone())
+        out = self.inner(x, t, pad_mask) + (0.0 if prev is None else 2.0 * prev)
+        self.outputs.append(out.clone())
+        return out
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_self_conditioned_net_reads_its_last_prediction(method):
+    """Each call gets, for every row it holds, the softmax (MASK excluded) of that row's last
+    output, and nothing before the row's first call; fixed tokens stay, and the draw is seeded."""
+    fixed = torch.full((3, 40), -1)
+    fixed[:, 0] = torch.tensor([3, 4, 5])  # a row's first token says which row a call holds
+    # 48 steps for 39 free slots: `cached` and ReMDM skip rows with nothing to unmask, so calls
+    # hold subsets of the rows
+    runs = []
+    for _ in range(2):
+        net = SelfConditioned()
+        runs.append(sample(net, 40, mask_id=MASK, steps=48, method=method, batch_size=3, generator=gen(5),
+                           fixed=fixed, correct_rounds=1))
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0][:, 0], fixed[:, 0])
+    assert net.given[0] is None and len(net.given) >= 3
+    assert any(x.shape[0] < 3 for x, _ in net.inner.calls) == (method in ("cached", "remdm"))
+    last: dict[int, torch.Tensor] = {}
+    for (x, _), given, out in zip(net.inner.calls, net.given, net.outputs, strict=True):
+        probs = out.index_fill(-1, torch.tensor([MASK]), float("-inf")).softmax(-1)  # (b, L, V)
+        for j, row in enumerate(x[:, 0].tolist()):
+            if row in last:
+                torch.testing.assert_close(given[j], last[row])
+            else:
+                assert given is None or not given[j].any()  # zeros: no prediction yet
+            last[row] = probs[j]
+    plain = sample(Toy(), 40, mask_id=MASK, steps=48, method=method, batch_size=3, generator=gen(5), fixed=fixed,
+                   correct_rounds=1)
+    assert not torch.equal(runs[0], plain)  # prev changed the logits, and so the draw

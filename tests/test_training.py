@@ -199,8 +199,11 @@ def _initial_head(proj: Path) -> torch.Tensor:
 
 
 def test_torchrun_two_processes_gloo(make_project, tokens_dir):
+    # Self-conditioned: its prev projection sits out some batches, which DDP must allow (the
+    # default net trains on two machines in the next test).
     proj = project(make_project, tokens_dir, "ddp", {"train": {"steps": 4, "checkpoint_every": 2,
-                                                              "eval_every": 2, "log_every": 1}})
+                                                              "eval_every": 2, "log_every": 1},
+                                                    "model": {"self_cond": True}})
     # Each rank also dumps its own final weights (rank 0 alone writes model.pt), to compare them.
     (proj / "train_and_dump.py").write_text(_DUMP_EACH_RANK)
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -425,3 +428,31 @@ def test_model_pt_carries_the_train_keys_and_pieces_move_to_them(tokens_dir, tmp
     # A checkpoint from before key shares: "prior" keeps the sampled keys, with a warning.
     c.key_shares = ()
     assert c.tonics_for("prior", [None], 0) is None
+
+
+# ---------------------------------------------------------------- self-conditioning
+def test_a_self_conditioned_model_trains_and_samples(tokens_dir, tmp_path, monkeypatch):
+    from smdim.diffusion.config import DiffusionConfig
+    from smdim.model.config import ModelConfig
+    from smdim.sampling.composer import constraints_for, load_composer
+    from smdim.training import speed
+    from smdim.training.loop import TrainPaths, train
+    from smdim.training.objective import self_cond_share
+
+    monkeypatch.chdir(tmp_path)
+    model = build(ModelConfig, {**TINY_MODEL, "self_cond": True}, "model")
+    assert (self_cond_share(model, True), self_cond_share(model, False)) == (0.5, 1.0)
+    assert self_cond_share(build(ModelConfig, TINY_MODEL, "model"), True) == 0.0
+    train(BaseConfig(seed=7, device="cpu"), model, DiffusionConfig(), build(TrainConfig, {**TINY_TRAIN, "steps": 6},
+          "train"), TrainPaths(tokens_dir, tmp_path / "models", tmp_path / "results"))
+    c = load_composer(str(tmp_path / "models/model.pt"))
+    assert c.model.cfg.self_cond and c.model.self_cond.weight.abs().sum() > 0  # it learned to read prev
+    pieces = c.generate(2, 64, generator=torch.Generator().manual_seed(0), steps=8, method="cached",
+                        constraints=constraints_for(c, None, None))
+    assert len(pieces) == 2 and all(p.ids for p in pieces)
+    # Equal-time budgets time both kinds of step, each weighted by its share of training.
+    shares = []
+    real = speed.objective_loss
+    monkeypatch.setattr(speed, "objective_loss", lambda *a, **kw: shares.append(kw["self_cond_share"]) or real(*a, **kw))
+    speed.step_seconds(c.model.cfg, build(TrainConfig, {**TINY_TRAIN, "num_threads": 1}, "train"), repeats=1, warmup=0)
+    assert shares == [0.0, 1.0]

@@ -40,6 +40,11 @@ def masked_loss(
     return loss, stats
 
 
+def x0_probs(logits: Tensor, mask_id: int) -> Tensor:
+    """Softmax of the network's logits (B, L, V) with MASK excluded: what `prev` holds."""
+    return logits.float().index_fill(-1, torch.tensor([mask_id], device=logits.device), float("-inf")).softmax(-1)
+
+
 def diffusion_loss(
     denoiser,
     x0: Tensor,
@@ -51,11 +56,14 @@ def diffusion_loss(
     excluded: Sequence[int] = (),
     block_share: float = 0.0,
     block_tokens: int = 16,
+    self_cond_share: float = 0.0,
 ) -> tuple[Tensor, dict[str, float]]:
     """Draw t, mask x0 (B, L), run `denoiser(x_t, t, pad_mask=...)`, return (loss, stats).
 
     The loss is the schedule's weighted CE on masked positions normalised by the number of real
     tokens in the batch (nats per token; for weighting "elbo" an upper bound on the NLL).
+    A self-conditioned denoiser (model.self_cond) gets, on `self_cond_share` of the batches, its own
+    no-grad prediction for the same x_t as `prev`, the way a sampler feeds it its last call's.
     """
     t = schedule.sample_t(x0.shape[0], generator=generator, device=x0.device)  # (B,)
     x_t, masked = mask_tokens(x0, t, mask_id, schedule, generator=generator, pad_mask=pad_mask)
@@ -68,7 +76,12 @@ def diffusion_loss(
         # One block holds block/L of a window's tokens: scale it up so both kinds of row weigh alike.
         n_row = pad_mask.sum(1) if pad_mask is not None else torch.full_like(weight, x0.shape[1])
         weight = torch.where(rows, weight * (n_row / block_tokens).clamp(min=1), weight)
-    logits = denoiser(x_t, t, pad_mask=pad_mask)  # (B, L, V)
+    if self_cond_share > 0 and float(torch.rand((), generator=generator, device=x0.device)) < self_cond_share:
+        with torch.no_grad():
+            prev = x0_probs(denoiser(x_t, t, pad_mask=pad_mask), mask_id)  # (B, L, V)
+        logits = denoiser(x_t, t, pad_mask=pad_mask, prev=prev)  # (B, L, V)
+    else:
+        logits = denoiser(x_t, t, pad_mask=pad_mask)  # (B, L, V)
     n_real = pad_mask.sum() if pad_mask is not None else torch.tensor(x0.numel())
     loss, stats = masked_loss(logits, x0, scored, weight, mask_id, n_real, excluded)
     stats["t_mean"] = float(t.mean())

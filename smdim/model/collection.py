@@ -15,10 +15,17 @@ class WithCollection(nn.Module):
         self.net = net
         self.collection = torch.as_tensor(collection, dtype=torch.long)
 
-    def forward(self, x: Tensor, t: Tensor | None = None, pad_mask: Tensor | None = None) -> Tensor:
+    @property
+    def self_conditioned(self) -> bool:
+        return getattr(self.net, "self_conditioned", False)
+
+    def forward(self, x: Tensor, t: Tensor | None = None, pad_mask: Tensor | None = None,
+                prev: Tensor | None = None) -> Tensor:
         c = self.collection.to(x.device)
         c = c.expand(x.shape[0]) if c.dim() == 0 else c  # (B,)
-        return self.net(x, t, pad_mask, collection=c)
+        if prev is None:
+            return self.net(x, t, pad_mask, collection=c)
+        return self.net(x, t, pad_mask, collection=c, prev=prev)
 
     def select(self, rows: Tensor) -> WithCollection:
         """The same net bound to the indices of `rows` only: for samplers that call the network on

@@ -40,6 +40,10 @@ class ModelConfig:
     # this field existed has none (smdim.model.checkpoint).
     refine_layers: int = 1
     refine_kernel: int = 9  # window of each refinement layer, in tokens (odd; centred for diffusion)
+    # diffusion: self-conditioning (Chen et al. 2022, "Analog Bits"): the network also reads its own
+    # previous x0 prediction (probabilities over the vocabulary, zero when there is none); training
+    # feeds it from a no-grad first pass on half the batches, the samplers from their last call
+    self_cond: bool = False
     scan_chunk: int = 32  # chunk of the fallback chunked scan (no C++ compiler, non-CPU); speed only
 
     @property
@@ -66,6 +70,7 @@ class ModelConfig:
             (self.n_collections >= 0, "n_collections must be >= 0"),
             (self.refine_layers >= 0, "refine_layers must be >= 0"),
             (self.refine_kernel >= 1 and self.refine_kernel % 2 == 1, "refine_kernel must be odd and >= 1"),
+            (not (self.self_cond and self.objective == "autoregressive"), "self_cond is for diffusion only"),
         ]
         for ok, message in checks:
             if not ok:

@@ -64,6 +64,10 @@ class Denoiser(nn.Module):
         self.up = nn.ConvTranspose1d(D, D, kernel_size=s, stride=s)
         self.refine = nn.ModuleList(TokenRefiner(D, cfg.refine_kernel, causal=cfg.causal)
                                     for _ in range(cfg.refine_layers))
+        # zero at init: a fresh self-conditioned net computes what an unconditioned one does
+        self.self_cond = nn.Linear(cfg.vocab_size, D, bias=False) if cfg.self_cond else None
+        if self.self_cond is not None:
+            nn.init.zeros_(self.self_cond.weight)
         self.norm = nn.LayerNorm(D)
         self.head = nn.Linear(D, cfg.vocab_size)
 
@@ -72,14 +76,23 @@ class Denoiser(nn.Module):
         """Whether forward reads t (if not, a cached sampler may skip unchanged steps)."""
         return self.cfg.time_cond
 
+    @property
+    def self_conditioned(self) -> bool:
+        """Whether forward reads `prev`, the previous x0 prediction (model.self_cond)."""
+        return self.self_cond is not None
+
     def forward(self, x: Tensor, t: Tensor | None = None, pad_mask: Tensor | None = None,
-                collection: Tensor | None = None) -> Tensor:
+                collection: Tensor | None = None, prev: Tensor | None = None) -> Tensor:
         """x: (B, L) token ids; t: (B,) in [0, 1]; pad_mask: (B, L) True = real token;
-        collection: (B,) indices (0 = none; None = all none), read when model.collection_cond."""
+        collection: (B,) indices (0 = none; None = all none), read when model.collection_cond;
+        prev: (B, L, V) probabilities of the previous x0 prediction (None = none yet), read when
+        model.self_cond."""
         B, L = x.shape
         s = self.cfg.stride
         lengths = _right_padded_lengths(pad_mask)  # (B,) or None
         emb = self.embed(x)  # (B, L, D)
+        if self.self_cond is not None and prev is not None:
+            emb = emb + self.self_cond(prev.to(emb.dtype))  # (B, L, D)
         if pad_mask is not None:
             emb = emb * pad_mask[..., None]
         Ls = -(-L // s)  # ceil(L / s) positions after the strided conv

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from smdim.config import build, build_saved, load_params, to_dict
+from smdim.config import build, build_saved, load_params, saved_dict, to_dict
 from smdim.diffusion.config import ABSENT_MEANS as DIFFUSION_ABSENT
 from smdim.diffusion.config import DiffusionConfig
 from smdim.errors import SmdimError
@@ -24,8 +24,11 @@ from smdim.training.config import TrainConfig
 PRETRAINED = Path(__file__).with_name("embedded_cpu_1h.pt")
 PRESET = "configs/cpu_1h.yaml"
 PRESET_FILE = Path(__file__).resolve().parents[2] / PRESET  # in a checkout; export runs there
-# What inference and provenance need; configs pass through today's dataclasses, so a checkpoint
-# from an older smdim with the same weights exports to the same bytes.
+# What inference and provenance need; configs pass through today's dataclasses in a canonical form,
+# so a checkpoint from an older smdim with the same weights exports to the same bytes. The key and
+# collection shares that training saves today are left out on purpose: the shipped model predates
+# them (it is unconditioned, and samples keys with `sample.key: null`), and keeping them would make
+# a fresh run of the preset export to other bytes than the shipped file.
 KEEP = ("mask_id", "pad_id", "bos_id", "step", "seed", "weights", "tokenizer")
 
 
@@ -40,9 +43,13 @@ def export(src: str | Path, dst: str | Path = PRETRAINED) -> Path:
     state = {k: v.half() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
     old = payload.get("extra", {})
     extra = {k: old[k] for k in KEEP if k in old}
+    # Fields at what their absence means are left out (smdim.config.saved_dict), and the train
+    # section keeps the keys its run saved: no later field or default changes these bytes.
+    saved_train = old.get("train") or {}
     extra.update(
-        diffusion=to_dict(build_saved(DiffusionConfig, old.get("diffusion"), DIFFUSION_ABSENT, f"{src}:diffusion")),
-        train=to_dict(build(TrainConfig, old.get("train") or {}, f"{src}:train")),
+        diffusion=saved_dict(build_saved(DiffusionConfig, old.get("diffusion"), DIFFUSION_ABSENT, f"{src}:diffusion"),
+                             DIFFUSION_ABSENT),
+        train={k: v for k, v in to_dict(build(TrainConfig, saved_train, f"{src}:train")).items() if k in saved_train},
         collections=list(old.get("collections", [])), weights_dtype="float16", preset=PRESET,
     )
     # The preset's sampler settings travel with the weights: `smdim generate` uses them unless told
@@ -52,7 +59,7 @@ def export(src: str | Path, dst: str | Path = PRETRAINED) -> Path:
     extra["sample_defaults"] = {k: checked[k] for k in preset}
     # A field newer than the checkpoint takes what its absence means, never today's default (the
     # shipped file has no refinement layer: a default of 1 would describe weights it does not hold).
-    config = to_dict(build_saved(ModelConfig, payload["config"], ABSENT_MEANS, f"{src}:config"))
+    config = saved_dict(build_saved(ModelConfig, payload["config"], ABSENT_MEANS, f"{src}:config"), ABSENT_MEANS)
     save_atomic({"format": FORMAT, "config": config, "state_dict": state, "extra": extra}, dst)
     return Path(dst)
 

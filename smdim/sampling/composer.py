@@ -237,27 +237,37 @@ def load_composer(path: str, device: str = "cpu") -> Composer:
                          "tokenize.special_tokens")
     return Composer(model.eval(), tokenizer, mask_id, make_schedule(diffusion), torch.device(device),
                     int(step) if step is not None else None, bos_id, collections,
-                    tuple(float(x) for x in extra.get("collection_shares") or ()),
+                    _collection_shares(path, extra.get("collection_shares"), len(collections)),
                     dict(extra.get("sample_defaults") or {}),
                     tokenizer.vocab.get("SLACK_None") if diffusion.uses_slack(model.cfg.causal) else None,
                     key_shares)
 
 
 def _key_shares(path: str, rows, n_rows: int) -> tuple[tuple[float, ...], ...]:
-    """The checkpoint's tonic shares (all pieces, then one row per collection), checked here so a
-    hand-edited or damaged checkpoint fails at load with one line, not mid-sampling."""
-    if not rows:
-        return ()
+    """The checkpoint's tonic shares (all pieces, then one row per collection)."""
+    want = f"{n_rows} row" + ("s" if n_rows != 1 else "")
+    table = _shares(path, "key_shares", rows, (n_rows, 12), f"{want} of 12 non-negative tonic shares, each summing")
+    return tuple(tuple(float(x) for x in row) for row in table)
+
+
+def _collection_shares(path: str, values, n_collections: int) -> tuple[float, ...]:
+    """Each collection's share of the train pieces (`sample.collection: prior`)."""
+    return tuple(float(x) for x in _shares(path, "collection_shares", values, (n_collections,),
+                                           f"{n_collections} non-negative shares, one per collection, summing"))
+
+
+def _shares(path: str, name: str, values, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """A table of shares from the checkpoint, checked here so a hand-edited or damaged checkpoint
+    fails at load with one line, not mid-sampling; absent (older checkpoints) = empty."""
+    if values is None or (hasattr(values, "__len__") and len(values) == 0):
+        return np.empty((0,) * len(shape))
     try:
-        table = np.asarray(rows, dtype=np.float64)
+        table = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
         table = np.empty(0)
-    if table.shape != (n_rows, 12) or not np.isfinite(table).all() or (table < 0).any() \
-            or (table.sum(1) <= 0).any():
-        want = f"{n_rows} row" + ("s" if n_rows != 1 else "")
-        raise SmdimError(f"{path}: key_shares must be {want} of 12 non-negative tonic shares, "
-                         "each summing above 0; re-export the checkpoint or retrain")
-    return tuple(tuple(float(x) for x in row) for row in table)
+    if table.shape != shape or not np.isfinite(table).all() or (table < 0).any() or (table.sum(-1) <= 0).any():
+        raise SmdimError(f"{path}: {name} must be {what} above 0; re-export the checkpoint or retrain")
+    return table
 
 
 def keep_bars(ids: Sequence[int], bar_ids: set[int], bars: int) -> list[int]:

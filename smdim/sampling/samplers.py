@@ -119,7 +119,7 @@ def sample_with_stats(
     x = initial_tokens(length, batch_size, fixed, mask_id, device)
     free = x == mask_id  # (B, L): the slots the sampler writes
     ctx = _Step(denoiser, mask_id, temperature, generator, constraints.to(device) if constraints else None,
-                top_k, top_p)
+                top_k, top_p, batch_size)
     with _eval_mode(denoiser), torch.no_grad():
         if method == "confidence":
             x = _confidence(ctx, x, steps, schedule, unmask_schedule, confidence_noise, confidence, progress,
@@ -140,10 +140,15 @@ class _Step:
     """Shared per-step work: call the network, restrict logits, draw and repair tokens."""
 
     def __init__(self, denoiser, mask_id: int, temperature: float, generator, constraints,
-                 top_k: int | None = None, top_p: float | None = None):
+                 top_k: int | None = None, top_p: float | None = None, batch_size: int = 1):
         self.denoiser, self.mask_id, self.temperature = denoiser, mask_id, temperature
         self.generator, self.constraints, self.calls = generator, constraints, 0
         self.top_k, self.top_p = top_k, top_p
+        # a self-conditioned net (model.self_cond) reads its last prediction for each row; zeros
+        # (= none) until a row's first call
+        self.self_cond = getattr(denoiser, "self_conditioned", False)
+        self.prev: Tensor | None = None  # (B, L, V)
+        self.batch_size = batch_size
 
     def logits(self, x: Tensor, t: Tensor, rows: Tensor | None = None) -> Tensor:
         """Network logits (B, L, V) with MASK and constrained tokens at -inf, as float32; `rows`:
@@ -153,9 +158,17 @@ class _Step:
         net = self.denoiser
         if rows is not None and hasattr(net, "select"):
             net = net.select(rows)
-        logits = net(x, t, pad_mask=None).float()  # (B, L, V)
+        if self.self_cond:
+            prev = None if self.prev is None else self.prev if rows is None else self.prev[rows]
+            logits = net(x, t, pad_mask=None, prev=prev).float()  # (B, L, V)
+        else:
+            logits = net(x, t, pad_mask=None).float()  # (B, L, V)
         mask_col = torch.tensor([self.mask_id], device=logits.device)
         logits = logits.index_fill(-1, mask_col, float("-inf"))  # out of place: never edit the output
+        if self.self_cond:
+            if self.prev is None:  # zeros mean "no prediction yet" to the net, as None does
+                self.prev = logits.new_zeros((self.batch_size, *logits.shape[1:]))
+            self.prev[slice(None) if rows is None else rows] = logits.softmax(-1)
         self.unconstrained = logits  # for redraws under neighbours drawn later in the same step
         if self.constraints is not None:
             logits = self.constraints.apply(logits, x, x != self.mask_id)

@@ -34,7 +34,7 @@ from smdim.training.crops import Batch, load_pieces
 from smdim.training.distributed import all_mean, barrier, init_distributed, shutdown
 from smdim.training.likelihood import validation_likelihood
 from smdim.training.live import log_metrics
-from smdim.training.objective import objective_loss
+from smdim.training.objective import objective_loss, self_cond_share
 from smdim.training.resume import rng_state, save_state
 from smdim.training.run import (
     Run,
@@ -267,7 +267,9 @@ def _loss(run: Run, net: torch.nn.Module, batch: Batch, gen: torch.Generator,
     excluded = () if training else _slack_ids(run)
     return objective_loss(net, run.model.cfg.causal, x0, pad_mask, mask_id=run.vocab.ids["MASK_None"],
                           bos_id=run.vocab.ids.get("BOS_None"), schedule=run.schedule, generator=gen,
-                          excluded=excluded, block_share=run.diffusion_cfg.block_share if training else 0.0)
+                          excluded=excluded, block_share=run.diffusion_cfg.block_share if training else 0.0,
+                          self_cond_share=self_cond_share(run.model.cfg, training))
+
 
 
 def _slack_ids(run: Run) -> tuple[int, ...]:

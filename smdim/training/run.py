@@ -204,8 +204,11 @@ def start_run(base: BaseConfig, model_cfg: ModelConfig, diffusion_cfg: Diffusion
 
     net: nn.Module = model
     if info.enabled:
+        # A self-conditioned net leaves its `prev` projection unused on the batches without a first
+        # pass (drawn per rank), which DDP must be told to expect.
         net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.local_rank] if device.type == "cuda" else None
+            model, device_ids=[info.local_rank] if device.type == "cuda" else None,
+            find_unused_parameters=model.cfg.self_cond,
         )
     lo, hi = info.share(cfg.batch_size)
     if info.is_main:
