@@ -23,8 +23,6 @@ class WithCollection(nn.Module):
                 prev: Tensor | None = None) -> Tensor:
         c = self.collection.to(x.device)
         c = c.expand(x.shape[0]) if c.dim() == 0 else c  # (B,)
-        if prev is None:
-            return self.net(x, t, pad_mask, collection=c)
         return self.net(x, t, pad_mask, collection=c, prev=prev)
 
     def select(self, rows: Tensor) -> WithCollection:

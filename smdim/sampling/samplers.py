@@ -38,6 +38,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from smdim.diffusion.config import DiffusionConfig
+from smdim.diffusion.loss import x0_probs
 from smdim.diffusion.schedule import make_schedule
 from smdim.errors import SmdimError
 from smdim.sampling.config import CONFIDENCE_SCORES, METHODS, REMASK_STRATEGIES, UNMASK_SCHEDULES
@@ -160,15 +161,14 @@ class _Step:
             net = net.select(rows)
         if self.self_cond:
             prev = None if self.prev is None else self.prev if rows is None else self.prev[rows]
-            logits = net(x, t, pad_mask=None, prev=prev).float()  # (B, L, V)
-        else:
-            logits = net(x, t, pad_mask=None).float()  # (B, L, V)
-        mask_col = torch.tensor([self.mask_id], device=logits.device)
-        logits = logits.index_fill(-1, mask_col, float("-inf"))  # out of place: never edit the output
-        if self.self_cond:
+            raw = net(x, t, pad_mask=None, prev=prev)  # (B, L, V)
             if self.prev is None:  # zeros mean "no prediction yet" to the net, as None does
-                self.prev = logits.new_zeros((self.batch_size, *logits.shape[1:]))
-            self.prev[slice(None) if rows is None else rows] = logits.softmax(-1)
+                self.prev = raw.new_zeros((self.batch_size, *raw.shape[1:]), dtype=torch.float32)
+            self.prev[slice(None) if rows is None else rows] = x0_probs(raw, self.mask_id)  # as in training
+        else:
+            raw = net(x, t, pad_mask=None)  # (B, L, V)
+        mask_col = torch.tensor([self.mask_id], device=raw.device)
+        logits = raw.float().index_fill(-1, mask_col, float("-inf"))  # out of place: never edit the output
         self.unconstrained = logits  # for redraws under neighbours drawn later in the same step
         if self.constraints is not None:
             logits = self.constraints.apply(logits, x, x != self.mask_id)

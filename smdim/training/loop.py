@@ -271,7 +271,6 @@ def _loss(run: Run, net: torch.nn.Module, batch: Batch, gen: torch.Generator,
                           self_cond_share=self_cond_share(run.model.cfg, training))
 
 
-
 def _slack_ids(run: Run) -> tuple[int, ...]:
     return (run.train_crops.slack_id,) if run.train_crops.slack_id is not None else ()
 
