@@ -29,52 +29,61 @@ def _bars(text: str) -> tuple[int, int]:
     return span
 
 
+# Sampler flags a checkpoint may recommend values for (its `sample_defaults`, such as the shipped
+# model's). They parse to None when not given: the flag wins, then the checkpoint, then DEFAULTS.
+SETTINGS = ("method", "steps", "temperature", "confidence", "confidence_noise", "block_tokens", "remask",
+            "remask_eta", "correct_rounds", "correct_share", "correct_temperature", "top_k", "top_p", "scale",
+            "scale_notes", "key", "grammar", "collection")
+
+
+def _default(name: str) -> str:
+    return f"(default: the checkpoint's recommendation if it has one, else {getattr(DEFAULTS, name)})"
+
+
 def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help=f"trained denoiser (default: {DEFAULTS.checkpoint} if it exists, "
                    "else the shipped pretrained model)")
     p.add_argument("--out", required=True, type=Path, help="output MIDI file")
-    p.add_argument("--method", choices=METHODS, default=DEFAULTS.method, help="sampler (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=DEFAULTS.steps, help="denoising steps (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=DEFAULTS.temperature,
-                   help="softmax temperature, 0 = greedy (default: %(default)s)")
-    p.add_argument("--confidence", choices=CONFIDENCE_SCORES, default=DEFAULTS.confidence,
-                   help="confidence sampler: how it ranks masked slots (default: %(default)s)")
+    p.add_argument("--method", choices=METHODS, help=f"sampler {_default('method')}")
+    p.add_argument("--steps", type=int, help=f"denoising steps {_default('steps')}")
+    p.add_argument("--temperature", type=float, help=f"softmax temperature, 0 = greedy {_default('temperature')}")
+    p.add_argument("--confidence", choices=CONFIDENCE_SCORES,
+                   help=f"confidence sampler: how it ranks masked slots {_default('confidence')}")
     p.add_argument("--confidence-noise", type=float, metavar="G",
-                   help="confidence sampler: Gumbel noise on the unmasking order, annealed to 0 (default: "
-                        f"the checkpoint's sample_defaults if it has them, like the shipped model, else "
-                        f"{DEFAULTS.confidence_noise})")
-    p.add_argument("--block-tokens", type=int, default=DEFAULTS.block_tokens, metavar="N",
-                   help="confidence sampler: finish N-token blocks left to right, 0 = whole piece (default: %(default)s)")
-    p.add_argument("--remask", choices=REMASK_STRATEGIES, default=DEFAULTS.remask,
-                   help="remdm sampler: remasking strategy (default: %(default)s)")
-    p.add_argument("--remask-eta", type=float, default=DEFAULTS.remask_eta,
-                   help="remdm sampler: remasking eta in [0, 1] (default: %(default)s)")
-    p.add_argument("--correct-rounds", type=int, default=DEFAULTS.correct_rounds, metavar="R",
-                   help="diffusion: Gibbs corrector rounds after the sampler (default: %(default)s)")
-    p.add_argument("--correct-share", type=float, default=DEFAULTS.correct_share, metavar="S",
-                   help="diffusion: share of the generated tokens redrawn per corrector round (default: %(default)s)")
-    p.add_argument("--correct-temperature", type=float, default=DEFAULTS.correct_temperature, metavar="T",
-                   help="diffusion: temperature of the corrector's draws (default: %(default)s)")
-    p.add_argument("--top-k", type=int, default=DEFAULTS.top_k, metavar="K", help="draw among the K most probable tokens")
-    p.add_argument("--top-p", type=float, default=DEFAULTS.top_p, metavar="P", help="nucleus sampling with mass P")
+                   help=f"confidence sampler: Gumbel noise on the unmasking order, annealed to 0 "
+                        f"{_default('confidence_noise')}")
+    p.add_argument("--block-tokens", type=int, metavar="N",
+                   help=f"confidence sampler: finish N-token blocks left to right, 0 = whole piece "
+                        f"{_default('block_tokens')}")
+    p.add_argument("--remask", choices=REMASK_STRATEGIES, help=f"remdm sampler: remasking strategy {_default('remask')}")
+    p.add_argument("--remask-eta", type=float, help=f"remdm sampler: remasking eta in [0, 1] {_default('remask_eta')}")
+    p.add_argument("--correct-rounds", type=int, metavar="R",
+                   help=f"diffusion: Gibbs corrector rounds after the sampler {_default('correct_rounds')}")
+    p.add_argument("--correct-share", type=float, metavar="S",
+                   help=f"diffusion: share of the generated tokens redrawn per corrector round {_default('correct_share')}")
+    p.add_argument("--correct-temperature", type=float, metavar="T",
+                   help=f"diffusion: temperature of the corrector's draws {_default('correct_temperature')}")
+    p.add_argument("--top-k", type=int, metavar="K", help=f"draw among the K most probable tokens {_default('top_k')}")
+    p.add_argument("--top-p", type=float, metavar="P",
+                   help=f"nucleus sampling with mass P; 1 = off {_default('top_p')}")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--pitch-range", type=int, nargs=2, metavar=("LO", "HI"), help="allowed MIDI pitches")
     p.add_argument("--max-polyphony", type=int, metavar="K", help="max notes starting together")
-    p.add_argument("--scale", metavar="TONIC:MODE", default=DEFAULTS.scale,
+    p.add_argument("--scale", metavar="TONIC:MODE",
                    help="only pitches of this scale, e.g. C:major, D:dorian, C:pentatonic (Chinese gong); "
                         "'auto': each piece keeps to the key of its first decided pitches; 'none': any "
-                        "(default: %(default)s)")
-    p.add_argument("--scale-notes", type=int, default=DEFAULTS.scale_notes, metavar="N",
-                   help="--scale auto: decided pitches before a piece's key is fixed (default: %(default)s)")
-    p.add_argument("--key", metavar="TONIC", default=DEFAULTS.key,
+                        f"{_default('scale')}")
+    p.add_argument("--scale-notes", type=int, metavar="N",
+                   help=f"--scale auto: decided pitches before a piece's key is fixed {_default('scale_notes')}")
+    p.add_argument("--key", metavar="TONIC",
                    help="transpose the piece to this tonic (C, F#, Bb); 'prior': a tonic drawn from the train "
-                        "pieces' keys; 'none': keep the sampled key; not with a prompt (default: %(default)s)")
-    p.add_argument("--no-grammar", dest="grammar", action="store_false", default=DEFAULTS.grammar,
+                        f"pieces' keys; 'none': keep the sampled key; not with a prompt {_default('key')}")
+    p.add_argument("--no-grammar", dest="grammar", action="store_const", const=False,
                    help="do not mask tokens that break the REMI grammar")
-    p.add_argument("--collection", metavar="NAME", default=DEFAULTS.collection,
+    p.add_argument("--collection", metavar="NAME",
                    help="models trained with model.collection_cond: pieces of this collection, e.g. "
                         "embedded/chorales, embedded/han1; 'prior' draws one in the train split's shares, "
-                        "'none' asks for none (default: %(default)s)")
+                        f"'none' asks for none {_default('collection')}")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: %(default)s)")
     p.add_argument("--png", action="store_true", help="also write a piano roll next to --out")
     p.add_argument("--audio", type=Path, metavar="FILE",
@@ -188,38 +197,27 @@ def infill(args: argparse.Namespace) -> None:
     _write(c, tokens[:lo] + piece.ids + tokens[hi:], args)
 
 
+def settings(args: argparse.Namespace, composer) -> dict:
+    """Each SETTINGS flag: as given, else the checkpoint's recommendation, else DEFAULTS; 'none' -> None."""
+    out = {}
+    for name in SETTINGS:
+        value = getattr(args, name)
+        if value is None:
+            value = composer.sample_defaults.get(name, getattr(DEFAULTS, name))
+        out[name] = None if value == "none" else value
+    return out
+
+
 def _sampler_kw(args, composer, ban_prefixes=()) -> dict:
     from smdim.sampling.composer import constraints_for
 
-    if args.steps < 1:
+    kw = settings(args, composer)
+    if kw["steps"] < 1:
         raise SmdimError("--steps must be >= 1")
-    return {
-        "method": args.method,
-        "steps": args.steps,
-        "temperature": args.temperature,
-        "confidence": args.confidence,
-        "block_tokens": args.block_tokens,
-        "remask": args.remask,
-        "remask_eta": args.remask_eta,
-        "correct_rounds": args.correct_rounds,
-        "correct_share": args.correct_share,
-        "correct_temperature": args.correct_temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "confidence_noise": _confidence_noise(args, composer),
-        "collection": None if args.collection == "none" else args.collection,
-        "key": None if args.key == "none" else args.key,
-        "constraints": constraints_for(composer, args.pitch_range, args.max_polyphony, ban_prefixes,
-                                       scale=None if args.scale == "none" else args.scale, grammar=args.grammar,
-                                       scale_notes=args.scale_notes),
-    }
-
-
-def _confidence_noise(args, composer) -> float:
-    """--confidence-noise, else the checkpoint's recommendation (sample_defaults), else the default."""
-    if args.confidence_noise is not None:
-        return args.confidence_noise
-    return float(composer.sample_defaults.get("confidence_noise", DEFAULTS.confidence_noise))
+    scale, scale_notes, grammar = kw.pop("scale"), kw.pop("scale_notes"), kw.pop("grammar")
+    kw["constraints"] = constraints_for(composer, args.pitch_range, args.max_polyphony, ban_prefixes,
+                                        scale=scale, grammar=grammar, scale_notes=scale_notes)
+    return kw
 
 
 def _device(name: str) -> str:

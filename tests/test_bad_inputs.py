@@ -158,21 +158,22 @@ def test_generate_with_a_wrong_checkpoint_says_what_to_use(tmp_path, case):
     assert expect in line and "weights_only" not in line
 
 
-@pytest.mark.parametrize("shares", [[[0.5] * 11], "C major", [[-1.0] + [0.1] * 11], [[0.1] * 12] * 2],
+@pytest.mark.parametrize("shares", [lambda n: [[0.5] * 11] * n, lambda n: "C major",
+                                    lambda n: [[-1.0] + [0.1] * 11] * n, lambda n: [[0.1] * 12] * (n + 1)],
                          ids=["short-row", "not-numbers", "negative", "extra-row"])
 def test_generate_with_damaged_key_shares_says_so_at_load(tmp_path, shares):
     from smdim.pretrained import PRETRAINED
 
     ckpt = torch.load(PRETRAINED, weights_only=True)
-    assert ckpt["extra"]["collections"] == []  # so one row: all pieces, no collection rows
-    ckpt["extra"]["key_shares"] = shares  # as a hand edit might leave it
+    n = 1 + len(ckpt["extra"]["collections"])  # rows: all pieces, then one per collection
+    ckpt["extra"]["key_shares"] = shares(n)  # as a hand edit might leave it
     torch.save(ckpt, tmp_path / "edited.pt")
     p = subprocess.run([sys.executable, "-m", "smdim.cli", "generate", "--checkpoint", str(tmp_path / "edited.pt"),
                         "--out", str(tmp_path / "x.mid")], capture_output=True, text=True, cwd=ROOT)
     line = _one_error_line(p)
-    assert "edited.pt: key_shares must be 1 row of 12 non-negative tonic shares" in line, line
+    assert f"edited.pt: key_shares must be {n} rows of 12 non-negative tonic shares" in line, line
     assert not (tmp_path / "x.mid").exists()
-    ckpt["extra"]["key_shares"] = [[1.0] + [0.0] * 11]  # well formed: loads, and draws C
+    ckpt["extra"]["key_shares"] = [[1.0] + [0.0] * 11] * n  # well formed: loads, and draws C
     torch.save(ckpt, tmp_path / "fine.pt")
     from smdim.sampling.composer import load_composer
 

@@ -216,20 +216,26 @@ def test_console_script_is_declared():
 
 
 def test_cli_defaults_are_the_sample_sections():
-    """The CLI has no sampling defaults of its own: they are SampleConfig's (= params.yaml's)."""
+    """The CLI has no sampling defaults of its own: a flag not given takes the checkpoint's
+    recommendation (sample_defaults), else SampleConfig's (= params.yaml's)."""
     from smdim import cli
     from smdim.pretrained import PRETRAINED
     from smdim.sampling.config import SampleConfig
 
     args = cli.parser().parse_args(["generate", "--out", "x.mid"])
     cfg = SampleConfig()
-    assert (args.method, args.steps, args.temperature, args.tokens) == (
-        cfg.method, cfg.steps, cfg.temperature, cfg.n_tokens)
-    assert (args.confidence, args.block_tokens, args.remask, args.remask_eta, args.top_k, args.top_p) == (
-        cfg.confidence, cfg.block_tokens, cfg.remask, cfg.remask_eta, cfg.top_k, cfg.top_p)
-    plain = types.SimpleNamespace(sample_defaults={})
-    assert cli._confidence_noise(args, plain) == cfg.confidence_noise
-    assert cli._confidence_noise(args, types.SimpleNamespace(sample_defaults={"confidence_noise": 0.25})) == 0.25
+    assert args.tokens == cfg.n_tokens
+    got = cli.settings(args, types.SimpleNamespace(sample_defaults={}))
+    assert got == {name: getattr(cfg, name) for name in cli.SETTINGS}
+    recommends = types.SimpleNamespace(sample_defaults={"method": "cached", "top_p": 0.95, "key": "none"})
+    got = cli.settings(args, recommends)
+    assert (got["method"], got["top_p"], got["key"], got["steps"]) == ("cached", 0.95, None, cfg.steps)
+    # A flag beats the recommendation; 'none' and --no-grammar switch a setting off.
+    flags = cli.parser().parse_args(["generate", "--out", "x.mid", "--method", "remdm", "--top-p", "0.9",
+                                     "--scale", "none", "--collection", "none", "--no-grammar"])
+    got = cli.settings(flags, recommends)
+    assert (got["method"], got["top_p"], got["scale"], got["collection"], got["grammar"]) == (
+        "remdm", 0.9, None, None, False)
     # No --checkpoint: sample.checkpoint once it exists, else the shipped pretrained model.
     assert args.checkpoint is None and cli._checkpoint(args) in (cfg.checkpoint, str(PRETRAINED))
 

@@ -52,8 +52,12 @@ def test_exporting_the_shipped_model_again_gives_the_same_bytes(tmp_path):
     means) or a new default would change these bytes, and with them the reproduction promise."""
     again = export(PRETRAINED, tmp_path / "again.pt")
     assert again.read_bytes() == PRETRAINED.read_bytes()
-    loaded, _ = load_checkpoint(again)
-    assert loaded.cfg.refine_layers == 0 and not loaded.cfg.collection_cond
+    loaded, extra = load_checkpoint(again)
+    assert loaded.cfg.refine_layers == 1 and loaded.cfg.collection_cond and loaded.cfg.self_cond
+    # What `smdim generate` needs for its defaults: the preset's sampler, the collection and key shares.
+    assert extra["sample_defaults"]["method"] == "cached" and extra["preset"] == "configs/cpu_1h.yaml"
+    c = load_composer(str(PRETRAINED))
+    assert len(c.collection_shares) == len(c.collections) == 3 and len(c.key_shares) == 4
 
 
 def test_generate_without_training_uses_the_shipped_model(tmp_path):

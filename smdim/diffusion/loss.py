@@ -40,9 +40,17 @@ def masked_loss(
     return loss, stats
 
 
+def x0_logits(logits: Tensor, mask_id: int) -> Tensor:
+    """The network's logits (B, L, V) as float32 with MASK at -inf: x0 is never MASK.
+
+    Out of place, so the network's output is never edited.
+    """
+    return logits.float().index_fill(-1, torch.tensor([mask_id], device=logits.device), float("-inf"))
+
+
 def x0_probs(logits: Tensor, mask_id: int) -> Tensor:
     """Softmax of the network's logits (B, L, V) with MASK excluded: what `prev` holds."""
-    return logits.float().index_fill(-1, torch.tensor([mask_id], device=logits.device), float("-inf")).softmax(-1)
+    return x0_logits(logits, mask_id).softmax(-1)
 
 
 def diffusion_loss(

@@ -25,11 +25,8 @@ PRETRAINED = Path(__file__).with_name("embedded_cpu_1h.pt")
 PRESET = "configs/cpu_1h.yaml"
 PRESET_FILE = Path(__file__).resolve().parents[2] / PRESET  # in a checkout; export runs there
 # What inference and provenance need; configs pass through today's dataclasses in a canonical form,
-# so a checkpoint from an older smdim with the same weights exports to the same bytes. The key and
-# collection shares that training saves today are left out on purpose: the shipped model predates
-# them (it is unconditioned, and samples keys with `sample.key: null`), and keeping them would make
-# a fresh run of the preset export to other bytes than the shipped file.
-KEEP = ("mask_id", "pad_id", "bos_id", "step", "seed", "weights", "tokenizer")
+# so a checkpoint from an older smdim with the same weights exports to the same bytes.
+KEEP = ("mask_id", "pad_id", "bos_id", "step", "seed", "weights", "tokenizer", "collection_shares", "key_shares")
 
 
 def export(src: str | Path, dst: str | Path = PRETRAINED) -> Path:

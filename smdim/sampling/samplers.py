@@ -38,7 +38,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from smdim.diffusion.config import DiffusionConfig
-from smdim.diffusion.loss import x0_probs
+from smdim.diffusion.loss import x0_logits
 from smdim.diffusion.schedule import make_schedule
 from smdim.errors import SmdimError
 from smdim.sampling.config import CONFIDENCE_SCORES, METHODS, REMASK_STRATEGIES, UNMASK_SCHEDULES
@@ -161,14 +161,12 @@ class _Step:
             net = net.select(rows)
         if self.self_cond:
             prev = None if self.prev is None else self.prev if rows is None else self.prev[rows]
-            raw = net(x, t, pad_mask=None, prev=prev)  # (B, L, V)
+            logits = x0_logits(net(x, t, pad_mask=None, prev=prev), self.mask_id)  # (B, L, V)
             if self.prev is None:  # zeros mean "no prediction yet" to the net, as None does
-                self.prev = raw.new_zeros((self.batch_size, *raw.shape[1:]), dtype=torch.float32)
-            self.prev[slice(None) if rows is None else rows] = x0_probs(raw, self.mask_id)  # as in training
+                self.prev = logits.new_zeros((self.batch_size, *logits.shape[1:]))
+            self.prev[slice(None) if rows is None else rows] = logits.softmax(-1)  # x0_probs, as in training
         else:
-            raw = net(x, t, pad_mask=None)  # (B, L, V)
-        mask_col = torch.tensor([self.mask_id], device=raw.device)
-        logits = raw.float().index_fill(-1, mask_col, float("-inf"))  # out of place: never edit the output
+            logits = x0_logits(net(x, t, pad_mask=None), self.mask_id)  # (B, L, V)
         self.unconstrained = logits  # for redraws under neighbours drawn later in the same step
         if self.constraints is not None:
             logits = self.constraints.apply(logits, x, x != self.mask_id)
