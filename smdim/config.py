@@ -61,6 +61,13 @@ def build(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
         raise ConfigError("\n".join(_describe(cls, err, where) for err in e.errors())) from None
 
 
+def build_partial(cls: type, data: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
+    """Validate a partial section (defaults fill the rest) and return only the keys it gave, in
+    their checked form: for settings that override others, such as a checkpoint's sampler defaults."""
+    checked = to_dict(build(cls, data, where))
+    return {k: checked[k] for k in data or {}}
+
+
 def build_saved(cls: type[T], saved: Mapping[str, Any] | None, absent_means: Mapping[str, Any], where: str) -> T:
     """`build` for a config read back from a saved file (a checkpoint): a field the file predates
     takes `absent_means[field]`, what its absence meant when it was written, not today's default."""

@@ -180,6 +180,24 @@ def test_generate_with_damaged_key_shares_says_so_at_load(tmp_path, shares):
     assert load_composer(str(tmp_path / "fine.pt")).tonics_for("prior", [None, None], 0) == [0, 0]
 
 
+@pytest.mark.parametrize("edit,expect", [
+    ({"temperature": "hot"}, "sample_defaults.temperature: input should be a valid number"),
+    ({"method": "bogus"}, "sample_defaults.method: input should be 'ancestral'"),
+    ({"top_p": 2.0}, "sample_defaults: top_p must be in (0, 1]"),
+], ids=["wrong-type", "unknown-method", "out-of-range"])
+def test_generate_with_damaged_sample_defaults_says_so_at_load(tmp_path, edit, expect):
+    from smdim.pretrained import PRETRAINED
+
+    ckpt = torch.load(PRETRAINED, weights_only=True)
+    ckpt["extra"]["sample_defaults"].update(edit)  # as a hand edit might leave it
+    torch.save(ckpt, tmp_path / "edited.pt")
+    p = subprocess.run([sys.executable, "-m", "smdim.cli", "generate", "--checkpoint", str(tmp_path / "edited.pt"),
+                        "--out", str(tmp_path / "x.mid")], capture_output=True, text=True, cwd=ROOT)
+    line = _one_error_line(p)
+    assert f"edited.pt:{expect}" in line, line
+    assert not (tmp_path / "x.mid").exists()
+
+
 def test_bpe_vocab_below_the_base_vocabulary(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["tokenize"]["bpe_vocab"] = 100

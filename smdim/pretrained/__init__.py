@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from smdim.config import build, build_saved, load_params, saved_dict, to_dict
+from smdim.config import build, build_partial, build_saved, load_params, saved_dict, to_dict
 from smdim.diffusion.config import ABSENT_MEANS as DIFFUSION_ABSENT
 from smdim.diffusion.config import DiffusionConfig
 from smdim.errors import SmdimError
@@ -52,8 +52,7 @@ def export(src: str | Path, dst: str | Path = PRETRAINED) -> Path:
     # The preset's sampler settings travel with the weights: `smdim generate` uses them unless told
     # otherwise, whatever the global defaults become later.
     preset = (load_params(PRESET_FILE).get("sample") or {}) if PRESET_FILE.is_file() else {}
-    checked = to_dict(build(SampleConfig, preset, f"{PRESET}:sample"))
-    extra["sample_defaults"] = {k: checked[k] for k in preset}
+    extra["sample_defaults"] = build_partial(SampleConfig, preset, f"{PRESET}:sample")
     # A field newer than the checkpoint takes what its absence means, never today's default (the
     # shipped file has no refinement layer: a default of 1 would describe weights it does not hold).
     config = saved_dict(build_saved(ModelConfig, payload["config"], ABSENT_MEANS, f"{src}:config"), ABSENT_MEANS)

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from smdim.config import build_saved
+from smdim.config import build_partial, build_saved
 from smdim.diffusion.config import ABSENT_MEANS as DIFFUSION_ABSENT
 from smdim.diffusion.config import DiffusionConfig
 from smdim.diffusion.schedule import Schedule, make_schedule
 from smdim.errors import SmdimError
 from smdim.model.checkpoint import load_checkpoint
 from smdim.model.collection import WithCollection
+from smdim.sampling.config import SampleConfig
 from smdim.sampling.constraints import Constraints, make_constraints
 from smdim.sampling.samplers import sample_with_stats
 from smdim.sampling.streaming import generate_autoregressive
@@ -238,7 +239,8 @@ def load_composer(path: str, device: str = "cpu") -> Composer:
     return Composer(model.eval(), tokenizer, mask_id, make_schedule(diffusion), torch.device(device),
                     int(step) if step is not None else None, bos_id, collections,
                     _collection_shares(path, extra.get("collection_shares"), len(collections)),
-                    dict(extra.get("sample_defaults") or {}),
+                    # Checked here, so a hand-edited value fails at load naming the file and field.
+                    build_partial(SampleConfig, extra.get("sample_defaults"), f"{path}:sample_defaults"),
                     tokenizer.vocab.get("SLACK_None") if diffusion.uses_slack(model.cfg.causal) else None,
                     key_shares)
 
