@@ -51,6 +51,21 @@ def _one_error_line(p: subprocess.CompletedProcess) -> str:
     return line
 
 
+def _generate_from_edited_shipped_model(tmp_path: Path, edit) -> tuple[str, dict]:
+    """`smdim generate` on a copy of the shipped checkpoint after `edit(ckpt)`, as a hand edit might
+    leave it; returns its one error line (no output may be written) and the edited checkpoint."""
+    from smdim.pretrained import PRETRAINED
+
+    ckpt = torch.load(PRETRAINED, weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, tmp_path / "edited.pt")
+    p = subprocess.run([sys.executable, "-m", "smdim.cli", "generate", "--checkpoint", str(tmp_path / "edited.pt"),
+                        "--out", str(tmp_path / "x.mid")], capture_output=True, text=True, cwd=ROOT)
+    line = _one_error_line(p)
+    assert not (tmp_path / "x.mid").exists()
+    return line, ckpt
+
+
 def test_truncated_tar_gz_mirror(tmp_path, shared_data):
     songs = sorted((shared_data / "pop909").glob("*.mid"))[:3]
     data = _tar_gz({f"midi/{p.name}": p.read_bytes() for p in songs})
@@ -162,17 +177,12 @@ def test_generate_with_a_wrong_checkpoint_says_what_to_use(tmp_path, case):
                                     lambda n: [[-1.0] + [0.1] * 11] * n, lambda n: [[0.1] * 12] * (n + 1)],
                          ids=["short-row", "not-numbers", "negative", "extra-row"])
 def test_generate_with_damaged_key_shares_says_so_at_load(tmp_path, shares):
-    from smdim.pretrained import PRETRAINED
+    def edit(ckpt):
+        ckpt["extra"]["key_shares"] = shares(1 + len(ckpt["extra"]["collections"]))
 
-    ckpt = torch.load(PRETRAINED, weights_only=True)
+    line, ckpt = _generate_from_edited_shipped_model(tmp_path, edit)
     n = 1 + len(ckpt["extra"]["collections"])  # rows: all pieces, then one per collection
-    ckpt["extra"]["key_shares"] = shares(n)  # as a hand edit might leave it
-    torch.save(ckpt, tmp_path / "edited.pt")
-    p = subprocess.run([sys.executable, "-m", "smdim.cli", "generate", "--checkpoint", str(tmp_path / "edited.pt"),
-                        "--out", str(tmp_path / "x.mid")], capture_output=True, text=True, cwd=ROOT)
-    line = _one_error_line(p)
     assert f"edited.pt: key_shares must be {n} rows of 12 non-negative tonic shares" in line, line
-    assert not (tmp_path / "x.mid").exists()
     ckpt["extra"]["key_shares"] = [[1.0] + [0.0] * 11] * n  # well formed: loads, and draws C
     torch.save(ckpt, tmp_path / "fine.pt")
     from smdim.sampling.composer import load_composer
@@ -186,16 +196,8 @@ def test_generate_with_damaged_key_shares_says_so_at_load(tmp_path, shares):
     ({"top_p": 2.0}, "sample_defaults: top_p must be in (0, 1]"),
 ], ids=["wrong-type", "unknown-method", "out-of-range"])
 def test_generate_with_damaged_sample_defaults_says_so_at_load(tmp_path, edit, expect):
-    from smdim.pretrained import PRETRAINED
-
-    ckpt = torch.load(PRETRAINED, weights_only=True)
-    ckpt["extra"]["sample_defaults"].update(edit)  # as a hand edit might leave it
-    torch.save(ckpt, tmp_path / "edited.pt")
-    p = subprocess.run([sys.executable, "-m", "smdim.cli", "generate", "--checkpoint", str(tmp_path / "edited.pt"),
-                        "--out", str(tmp_path / "x.mid")], capture_output=True, text=True, cwd=ROOT)
-    line = _one_error_line(p)
+    line, _ = _generate_from_edited_shipped_model(tmp_path, lambda ckpt: ckpt["extra"]["sample_defaults"].update(edit))
     assert f"edited.pt:{expect}" in line, line
-    assert not (tmp_path / "x.mid").exists()
 
 
 def test_bpe_vocab_below_the_base_vocabulary(tmp_path):
