@@ -131,15 +131,16 @@ def test_stage_writes_outputs_and_runs_under_dvc(fake_project, make_project):
     assert metrics["usable_rate"] == pytest.approx(10 / 11)
     assert metrics["headline"] == pytest.approx(metrics["oa"]["average"] * 10 / 11)
     assert set(metrics["oa_ci"]) == set(metrics["oa"]) and set(metrics["headline_ci"]) == {"lo", "hi"}
-    assert set(metrics["muspy"]) == set(metrics["line"]) == {"generated", "test", "train", "gap"}
+    assert set(metrics["muspy"]) == set(metrics["line"]) == set(metrics["texture"]) == {"generated", "test", "train", "gap"}
     assert set(metrics["line"]["gap"]) == {"top_pitch_share", "step_share", "repeat_share"}
+    assert set(metrics["texture"]["gap"]) == {"voice_steadiness", "thin_share"}
     report = (out / "report.md").read_text()
     assert "| attribute | generated vs test | 95% CI | train vs test (ceiling) | in average |" in report
     ci = metrics["oa_ci"]["average"]
     assert (f"| **average** | {metrics['oa']['average']:.3f} | [{ci['lo']:.3f}, {ci['hi']:.3f}] "
             f"| {metrics['oa_ceiling']['average']:.3f} |") in report
     assert f"**Headline {metrics['headline']:.3f}**" in report
-    for section in ("## muspy metrics", "## Melodic line", "## Structure: Section Recurrence Score", "## Memorisation"):
+    for section in ("## muspy metrics", "## Melodic line", "## Chord textures", "## Structure: Section Recurrence Score", "## Memorisation"):
         assert section in report
     for png in ("oa_bars.png", "oa_vs_length.png"):
         assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -302,3 +302,25 @@ def test_line_metrics_tell_a_drone_from_a_melody(shared_data):
     assert all(np.isnan(v) for v in piece_line_metrics(make_score([[(0, 480, 60, 90)]])).values())
     song = piece_line_metrics(symusic.Score(str(sorted((shared_data / "pop909").glob("*.mid"))[0])))
     assert song["top_pitch_share"] < 0.3 and song["repeat_share"] < 0.5
+
+
+def test_texture_metrics_tell_held_voices_from_voices_that_come_and_go():
+    """Four held voices are steady with no gaps; the same chords with voices dropping out and a
+    silent bar are not; a melody is no chord texture (NaN)."""
+    from smdim.metrics.texture import piece_texture_metrics, sounding_counts
+
+    # Eighth-note grid (240 ticks): a half note from 0 and a quarter from 480 -> 1, 1, 2, 2.
+    assert sounding_counts(np.array([0, 480]), np.array([960, 480]), 240).tolist() == [1, 1, 2, 2]
+    chorale = make_score([[(t, 480, p + d, 90) for t in range(0, 3840, 480)] for p, d in
+                          ((67, 0), (64, 0), (60, 0), (48, 0))])
+    assert piece_texture_metrics(chorale) == {"voice_steadiness": 1.0, "thin_share": 0.0}
+    # Bar 1: five voices; bar 2: two; then half a bar of silence and two voices again. Two is the
+    # usual count (12 of 24 eighths), and the silence is the gap.
+    broken = make_score([[(t, 480, 67, 90) for t in range(0, 1920, 480)], [(t, 480, 64, 90) for t in range(0, 1920, 480)],
+                         [(t, 480, 60, 90) for t in range(0, 5760, 480) if not 3840 <= t < 5760 - 960],
+                         [(t, 480, 48, 90) for t in range(0, 5760, 480) if not 3840 <= t < 5760 - 960],
+                         [(t, 240, 72, 90) for t in range(0, 1920, 240)]])
+    m = piece_texture_metrics(broken)
+    assert m["voice_steadiness"] == pytest.approx(12 / 24) and m["thin_share"] == pytest.approx(4 / 24)
+    melody = make_score([[(i * 240, 240, p, 90) for i, p in enumerate([60, 62, 64, 65, 67, 69, 71, 72])]])
+    assert all(np.isnan(v) for v in piece_texture_metrics(melody).values())

@@ -30,6 +30,7 @@ from smdim.metrics.pieces import FeatureSet, Piece, extract_features
 from smdim.metrics.reference import at_least, crop_scores, select_pieces
 from smdim.metrics.samples import collection_sets, length_sets, main_pieces, resolve_crop
 from smdim.metrics.structure import n_bars, srs
+from smdim.metrics.texture import TEXTURE_METRICS, piece_texture_metrics
 
 log = logging.getLogger(__name__)
 Decode = Callable[[list[int]], symusic.Score]
@@ -191,6 +192,7 @@ def evaluate_run(
         },
         "muspy": set_summary(sets),
         "line": set_summary(sets, piece_line_metrics, LINE_METRICS),
+        "texture": set_summary(sets, piece_texture_metrics, TEXTURE_METRICS),
         "srs": _structure(long_generated, [decode(list(t)) for t in ref_rows["tokens"]], cfg),
         "feature_means": {
             "generated": main["feature_means"]["generated"],

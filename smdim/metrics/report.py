@@ -80,6 +80,13 @@ def markdown_report(result: dict, seconds: float | None = None) -> str:
         lines += ["", "## Melodic line", "", "The top line (highest pitch per onset): share of notes on the most "
                   "frequent pitch (drones score high), stepwise moves (1-2 semitones) and repeated pitches "
                   "between successive onsets (smdim/metrics/line.py):", "", *_set_table(result["line"])]
+    texture = result.get("texture")
+    if texture:
+        counts = ", ".join(f"{s} {texture[s]['voice_steadiness']['n']}" for s in ("generated", "test", "train"))
+        lines += ["", "## Chord textures", "", f"Pieces with on average >= 2.5 notes sounding ({counts}): share "
+                  "of eighth-note grid points with the piece's usual number of sounding notes (1.0 = voices that "
+                  "hold, as in a chorale) and with at most one (gaps) (smdim/metrics/texture.py):", "",
+                  *_set_table(texture)]
     srs = result.get("srs")
     if srs:
         lines += ["", "## Structure: Section Recurrence Score", "",
