@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # headless: stages run without a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from smdim.io import atomic_path  # noqa: E402
+from smdim.metrics.texture import CHORD_VOICES  # noqa: E402
 
 
 def _ci(ci: dict | None) -> str:
@@ -83,7 +84,7 @@ def markdown_report(result: dict, seconds: float | None = None) -> str:
     texture = result.get("texture")
     if texture:
         counts = ", ".join(f"{s} {texture[s]['voice_steadiness']['n']}" for s in ("generated", "test", "train"))
-        lines += ["", "## Chord textures", "", f"Pieces with on average >= 2.5 notes sounding ({counts}): share "
+        lines += ["", "## Chord textures", "", f"Pieces with on average >= {CHORD_VOICES} notes sounding ({counts}): share "
                   "of eighth-note grid points with the piece's usual number of sounding notes (1.0 = voices that "
                   "hold, as in a chorale) and with at most one (gaps) (smdim/metrics/texture.py):", "",
                   *_set_table(texture)]

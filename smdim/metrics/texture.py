@@ -46,7 +46,7 @@ def piece_texture_metrics(score: symusic.Score) -> dict[str, float]:
         return nan
     step = max(score.ticks_per_quarter // 2, 1)
     counts = sounding_counts(notes["time"], np.maximum(notes["duration"], 1), step)
-    if len(counts) == 0 or counts.mean() < CHORD_VOICES:
+    if counts.mean() < CHORD_VOICES:  # durations >= 1 tick: at least one grid point
         return nan
     usual = np.bincount(counts).argmax()
     return {"voice_steadiness": float((counts == usual).mean()), "thin_share": float((counts <= 1).mean())}
