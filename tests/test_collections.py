@@ -18,6 +18,7 @@ from smdim.diffusion.config import DiffusionConfig
 from smdim.errors import SmdimError
 from smdim.metrics.config import EvaluateConfig
 from smdim.metrics.evaluate import evaluate_run
+from smdim.metrics.report import markdown_report
 from smdim.model.checkpoint import load_checkpoint
 from smdim.model.collection import WithCollection
 from smdim.model.config import ModelConfig
@@ -146,6 +147,21 @@ def test_per_collection_sets_are_scored_against_their_collection(conditioned, tw
     by = result["oa_by_collection"]
     assert set(by) == {"embedded/chorales", "embedded/han1"}
     assert all(v["n_reference"] == 2 and v["n_generated"] <= 4 and 0 <= v["headline"] <= 1 for v in by.values())
+    # Chord textures per collection: the generated set's and that collection's own test pieces'.
+    for v in by.values():
+        assert set(v["texture"]) == {"generated", "test", "gap"}
+        for s, n_max in (("generated", v["n_generated"]), ("test", v["n_reference"])):
+            steady = v["texture"][s]["voice_steadiness"]
+            assert steady["n"] <= n_max and (steady["mean"] is None) == (steady["n"] == 0)
+            assert steady["mean"] is None or 0 < steady["mean"] <= 1
+    test_textures = sum(v["texture"]["test"]["voice_steadiness"]["n"] for v in by.values())
+    assert test_textures == result["texture"]["test"]["voice_steadiness"]["n"] > 0  # the same 4 test pieces
+    report = markdown_report(result)
+    assert "## Per collection" in report
+    for name, v in by.items():
+        steady = v["texture"]["test"]["voice_steadiness"]
+        assert f"| {name} | {v['headline']:.3f} [" in report
+        assert f"{v['n_generated']} / 2 |" in report and f", {steady['n']}) |" in report
 
 
 def test_prior_mix_follows_the_train_split(conditioned, two_collections, tmp_path):

@@ -212,7 +212,8 @@ def evaluate_run(
 def _oa_by_collection(sets: dict[str, list[Path]], test: pd.DataFrame, cfg: EvaluateConfig, seed: int,
                       crops, crop: int | None, kw: dict) -> dict[str, dict]:
     """OA of each by_collection/ set (a conditioned model asked for that collection) against the
-    test pieces of the same collection, with its bootstrap CI."""
+    test pieces of the same collection, with its bootstrap CI, and the two sets' chord textures (a
+    model asked for chorales can score its OA and still lose its voices)."""
     out: dict[str, dict] = {}
     labels = [collection_of(d, p) for d, p in zip(test["dataset"], test["piece_id"], strict=True)]
     for name, files in sets.items():
@@ -224,7 +225,9 @@ def _oa_by_collection(sets: dict[str, list[Path]], test: pd.DataFrame, cfg: Eval
                      bootstrap=cfg.bootstrap, seed=seed, **kw)
         out[name] = {"headline": r["headline"], "headline_ci": r.get("ci", {}).get("headline"),
                      "usable_rate": r["usable_rate"], "n_generated": r["n_generated"],
-                     "n_reference": r["n_reference"]}
+                     "n_reference": r["n_reference"],
+                     "texture": set_summary({"generated": r["scores"]["generated"], "test": r["scores"]["reference"]},
+                                            piece_texture_metrics, TEXTURE_METRICS)}
     return out
 
 

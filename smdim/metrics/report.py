@@ -88,6 +88,20 @@ def markdown_report(result: dict, seconds: float | None = None) -> str:
                   "of eighth-note grid points with the piece's usual number of sounding notes (1.0 = voices that "
                   "hold, as in a chorale) and with at most one (gaps) (smdim/metrics/texture.py):", "",
                   *_set_table(texture)]
+    by_collection = result.get("oa_by_collection")
+    if by_collection:
+        lines += ["", "## Per collection", "",
+                  "Sets asked for one collection (sample.per_collection) vs that collection's test pieces; voice "
+                  "steadiness and thin share over their chord textures (n = pieces that are chord textures):", "",
+                  "| collection | headline | pieces (generated / test) | voice steadiness: generated, test (n) "
+                  "| thin share: generated, test |", "|---|---|---:|---|---|"]
+        for name, c in by_collection.items():
+            tex = c.get("texture") or {}  # metrics written before textures were scored per collection
+            steady = [tex.get(s, {}).get("voice_steadiness", {"mean": None, "n": 0}) for s in ("generated", "test")]
+            thin = [tex.get(s, {}).get("thin_share", {"mean": None}) for s in ("generated", "test")]
+            lines.append(f"| {name} | {c['headline']:.3f} {_ci(c.get('headline_ci'))} | {c['n_generated']} / "
+                         f"{c['n_reference']} | {_num(steady[0]['mean'])}, {_num(steady[1]['mean'])} "
+                         f"({steady[0]['n']}, {steady[1]['n']}) | {_num(thin[0]['mean'])}, {_num(thin[1]['mean'])} |")
     srs = result.get("srs")
     if srs:
         lines += ["", "## Structure: Section Recurrence Score", "",
