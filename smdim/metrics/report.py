@@ -96,9 +96,8 @@ def markdown_report(result: dict, seconds: float | None = None) -> str:
                   "| collection | headline | pieces (generated / test) | voice steadiness: generated, test (n) "
                   "| thin share: generated, test |", "|---|---|---:|---|---|"]
         for name, c in by_collection.items():
-            tex = c.get("texture") or {}  # metrics written before textures were scored per collection
-            steady = [tex.get(s, {}).get("voice_steadiness", {"mean": None, "n": 0}) for s in ("generated", "test")]
-            thin = [tex.get(s, {}).get("thin_share", {"mean": None}) for s in ("generated", "test")]
+            steady = [c["texture"][s]["voice_steadiness"] for s in ("generated", "test")]
+            thin = [c["texture"][s]["thin_share"] for s in ("generated", "test")]
             lines.append(f"| {name} | {c['headline']:.3f} {_ci(c.get('headline_ci'))} | {c['n_generated']} / "
                          f"{c['n_reference']} | {_num(steady[0]['mean'])}, {_num(steady[1]['mean'])} "
                          f"({steady[0]['n']}, {steady[1]['n']}) | {_num(thin[0]['mean'])}, {_num(thin[1]['mean'])} |")

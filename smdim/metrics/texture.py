@@ -45,8 +45,9 @@ def piece_texture_metrics(score: symusic.Score) -> dict[str, float]:
     if len(notes["time"]) < 2:
         return nan
     step = max(score.ticks_per_quarter // 2, 1)
+    # Durations >= 1 tick: the last release is after the first onset, so there is a grid point.
     counts = sounding_counts(notes["time"], np.maximum(notes["duration"], 1), step)
-    if counts.mean() < CHORD_VOICES:  # durations >= 1 tick: at least one grid point
+    if counts.mean() < CHORD_VOICES:
         return nan
     usual = np.bincount(counts).argmax()
     return {"voice_steadiness": float((counts == usual).mean()), "thin_share": float((counts <= 1).mean())}
