@@ -150,6 +150,43 @@ def test_uniform_model_gives_log_v_bits_under_both_objectives():
     assert exact.bits_per_note == pytest.approx(exact.bits_per_token * exact.tokens / n_notes)
 
 
+def test_a_self_conditioned_model_is_scored_with_its_own_prediction_as_prev():
+    """model.self_cond: each ELBO draw calls the net twice on the same x_t, the second time with
+    the first call's softmax as `prev`, the way the samplers run it (a net that would score the
+    same without `prev` would hide a model that never learned to read it)."""
+
+    class Recorder(torch.nn.Module):
+        self_conditioned = True
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+            self.cfg = ModelConfig(vocab_size=V)
+            self.calls = []
+
+        def forward(self, x, t, pad_mask=None, prev=None):
+            self.calls.append((x.clone(), prev))
+            logits = torch.zeros(*x.shape, V)
+            if prev is not None:  # trusts its first guess: the right token gets all the mass
+                logits = logits + 30.0 * prev
+            logits[..., 3] += 5.0  # the first guess favours token 3
+            return logits
+
+    pieces = [np.full(40, 3), np.full(20, 3)]
+    kw = dict(seq_len=64, notes_per_id=np.ones(V, dtype=np.int64), mask_id=V - 1, bos_id=None, pad_id=0,
+              schedule=make_schedule(DiffusionConfig(weighting="uniform")), draws=4, seed=0)
+    net = Recorder()
+    two_calls = validation_likelihood(net, pieces, **kw)
+    assert len(net.calls) == 2 * 4
+    for (x_first, prev_first), (x_second, prev) in zip(net.calls[::2], net.calls[1::2], strict=True):
+        assert prev_first is None and torch.equal(x_first, x_second)
+        assert prev is not None and torch.allclose(prev.sum(-1), torch.ones(prev.shape[:2]))
+        assert float(prev[..., V - 1].max()) == 0.0  # MASK is never predicted
+    net.self_conditioned = False
+    one_call = validation_likelihood(net, pieces, **kw)
+    assert two_calls.bits_per_token < 0.01 < one_call.bits_per_token
+
+
 def test_truncation_keeps_top_k_and_the_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     assert torch.isinf(truncate(logits, top_k=2)).tolist() == [[False, False, True, True]]

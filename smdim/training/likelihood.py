@@ -5,7 +5,10 @@ context, as in training), and the negative log-likelihood of all its tokens is s
 - autoregressive: exact, sum_i -log p(x_i | BOS, x_<i);
 - diffusion: the continuous-time ELBO of absorbing diffusion (an upper bound on the NLL),
   E_t[m'(t)/m(t) sum_{masked i} -log p(x0_i | x_t)], estimated with `draws` stratified times per
-  window (whatever loss weighting training used: the bound needs the ELBO weight).
+  window (whatever loss weighting training used: the bound needs the ELBO weight). A
+  self-conditioned network (model.self_cond) is scored as its samplers run it, reading its own
+  prediction for the same x_t as `prev` (two calls per draw): the bound is then that of the
+  two-call denoiser, which is still a function of x_t alone.
 Dividing by the notes the windows hold (not their tokens) makes plain REMI and BPE comparable:
 a BPE token stands for several REMI tokens.
 """
@@ -22,7 +25,7 @@ import torch
 from torch import Tensor
 
 from smdim.autoregressive.loss import next_token_nll, shifted_input
-from smdim.diffusion.loss import masked_loss
+from smdim.diffusion.loss import masked_loss, x0_probs
 from smdim.diffusion.masking import mask_tokens
 from smdim.diffusion.schedule import Schedule
 
@@ -94,9 +97,11 @@ def _elbo_nats(model, x0: Tensor, pad_mask: Tensor, schedule: Schedule, mask_id:
         k = (((d + u) / draws) * schedule.T).floor().clamp(0, schedule.T - 1) + 1  # 1..T
         t = k / schedule.T  # (b,)
         x_t, masked = mask_tokens(x0, t, mask_id, schedule, generator=gen, pad_mask=pad_mask)
+        logits = model(x_t, t, pad_mask=pad_mask)  # (b, L, V)
+        if getattr(model, "self_conditioned", False):
+            logits = model(x_t, t, pad_mask=pad_mask, prev=x0_probs(logits, mask_id))
         # The training loss's weighted masked CE, summed (n_real = 1) rather than averaged.
-        nats, _ = masked_loss(model(x_t, t, pad_mask=pad_mask), x0, masked, schedule.loss_weight(t), mask_id,
-                              torch.tensor(1), excluded)
+        nats, _ = masked_loss(logits, x0, masked, schedule.loss_weight(t), mask_id, torch.tensor(1), excluded)
         total += float(nats)
     return total / draws
 
