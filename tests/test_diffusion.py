@@ -21,7 +21,7 @@ def sched(**kw):
     return make_schedule(DiffusionConfig(**kw))
 
 
-@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "maskgit"])
 def test_schedule_ends_and_elbo_weight_is_rate_over_prob(schedule):
     s = sched(schedule=schedule, weighting="elbo")
     assert float(s.mask_prob(torch.tensor(0.0))) == pytest.approx(0.0, abs=1e-7)
@@ -31,6 +31,18 @@ def test_schedule_ends_and_elbo_weight_is_rate_over_prob(schedule):
     rate = (s.mask_prob(t + h) - s.mask_prob(t - h)) / (2 * h)
     torch.testing.assert_close(s.loss_weight(t), rate / s.mask_prob(t))
     torch.testing.assert_close(s.time_of(s.mask_prob(t)), t)
+
+
+@pytest.mark.parametrize(("schedule", "mean_share"), [("linear", 0.5), ("cosine", 1 - 2 / math.pi),
+                                                      ("maskgit", 2 / math.pi)])
+def test_training_draws_mask_the_documented_share(schedule, mean_share):
+    """t uniform: "cosine" masks lightly, MaskGIT's training masks (cos(pi r / 2) of the tokens,
+    r uniform) heavily; the two are mirror images."""
+    s = sched(schedule=schedule, T=4096)
+    t = torch.cat([s.sample_t(64, generator=torch.Generator().manual_seed(i)) for i in range(64)])
+    assert float(s.mask_prob(t).mean()) == pytest.approx(mean_share, abs=0.005)
+    heavy = float((s.mask_prob(t) > 0.5).float().mean())
+    assert heavy == pytest.approx({"linear": 0.5, "cosine": 1 / 3, "maskgit": 2 / 3}[schedule], abs=0.01)
 
 
 def test_weightings():
@@ -61,7 +73,7 @@ def test_config_validation():
         build(DiffusionConfig, {"schedul": "cosine"}, "diffusion")
 
 
-@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "maskgit"])
 def test_mask_rate_matches_schedule_and_spares_pad_and_fixed(schedule):
     s = sched(schedule=schedule)
     g = torch.Generator().manual_seed(1)

@@ -38,14 +38,19 @@ class Schedule:
 
     def mask_prob(self, t: Tensor) -> Tensor:
         """Probability m(t) that a token is MASK at time t in [0, 1]."""
+        t = t.clamp(0.0, 1.0)
         if self.cfg.schedule == "linear":
-            return t.clamp(0.0, 1.0)
-        return 1.0 - torch.cos(0.5 * math.pi * t.clamp(0.0, 1.0))
+            return t
+        if self.cfg.schedule == "maskgit":
+            return torch.sin(0.5 * math.pi * t)
+        return 1.0 - torch.cos(0.5 * math.pi * t)
 
     def mask_prob_rate(self, t: Tensor) -> Tensor:
         """Derivative m'(t)."""
         if self.cfg.schedule == "linear":
             return torch.ones_like(t)
+        if self.cfg.schedule == "maskgit":
+            return 0.5 * math.pi * torch.cos(0.5 * math.pi * t)
         return 0.5 * math.pi * torch.sin(0.5 * math.pi * t)
 
     def time_of(self, p: Tensor) -> Tensor:
@@ -53,6 +58,8 @@ class Schedule:
         p = p.clamp(0.0, 1.0)
         if self.cfg.schedule == "linear":
             return p
+        if self.cfg.schedule == "maskgit":
+            return torch.arcsin(p) * (2.0 / math.pi)
         return torch.arccos(1.0 - p) * (2.0 / math.pi)
 
     def loss_weight(self, t: Tensor) -> Tensor:
