@@ -304,6 +304,36 @@ def test_changed_params_start_fresh(tokens_dir, tmp_path, monkeypatch):
     assert r.ran and r.resumed_from is None
 
 
+def test_changed_training_code_starts_fresh(tokens_dir, tmp_path, monkeypatch):
+    """DVC reruns the stage when smdim/model, diffusion, training or autoregressive change; the
+    finished last.pt of the old code must not stand in for a model of the new one."""
+    import smdim.training.run as run_module
+
+    monkeypatch.chdir(tmp_path)
+    assert _train_in_process(tokens_dir, tmp_path, steps=4, checkpoint_every=2).ran
+    assert not _train_in_process(tokens_dir, tmp_path, steps=4, checkpoint_every=2).ran
+    monkeypatch.setattr(run_module, "training_code_sha256", lambda: "0" * 64)
+    r = _train_in_process(tokens_dir, tmp_path, steps=4, checkpoint_every=2)
+    assert r.ran and r.resumed_from is None
+
+
+def test_training_code_hash_follows_sources_only(tmp_path):
+    from smdim.training.run import TRAINING_CODE, training_code_sha256
+
+    src = Path(__file__).resolve().parents[1] / "smdim"
+    for package in TRAINING_CODE:
+        shutil.copytree(src / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = training_code_sha256(tmp_path)
+    assert before == training_code_sha256(src)
+    (tmp_path / "model" / "__pycache__").mkdir(exist_ok=True)
+    (tmp_path / "model" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"compiled")
+    (tmp_path / "training" / "notes.txt").write_text("not code")
+    assert training_code_sha256(tmp_path) == before
+    loss = tmp_path / "diffusion" / "loss.py"
+    loss.write_text(loss.read_text() + "\n# a comment is a change too\n")
+    assert training_code_sha256(tmp_path) != before
+
+
 # ---------------------------------------------------------------- dvclive resume, presets
 def test_live_resume_drops_points_logged_after_the_checkpoint(tmp_path, monkeypatch):
     from smdim.training.live import log_metrics, open_live

@@ -132,11 +132,32 @@ def check_objective(model_cfg: ModelConfig, vocab: Vocabulary, tokens_dir: Path)
                          "window with BOS; add BOS to tokenize.special_tokens and re-run tokenize")
 
 
+# The packages whose code decides what a training step computes. DVC reruns the stage when they
+# change (dvc.yaml); without their hash here, the rerun would find a finished last.pt and keep the
+# model the old code trained.
+TRAINING_CODE = ("model", "diffusion", "training", "autoregressive")
+_SOURCE_SUFFIXES = (".py", ".cpp", ".h", ".cu")
+_SMDIM = Path(__file__).resolve().parents[1]
+
+
+def training_code_sha256(root: Path = _SMDIM) -> str:
+    """SHA-256 over the source files (path and bytes) of TRAINING_CODE under `root` (smdim/)."""
+    h = hashlib.sha256()
+    for package in TRAINING_CODE:
+        for f in sorted((root / package).rglob("*")):
+            if f.is_file() and f.suffix in _SOURCE_SUFFIXES:
+                h.update(f.relative_to(root).as_posix().encode() + b"\0")
+                h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def fingerprint_of(base: BaseConfig, model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig,
                    cfg: TrainConfig, vocab: Vocabulary, tokens_dir: Path) -> dict[str, Any]:
-    """The params and data a checkpoint was trained with, minus what may change on resume."""
+    """The params, data and training code a checkpoint was trained with, minus what may change on
+    resume."""
     manifest = tokens_dir / "manifest.json"
     return normalise({
+        "code_sha256": training_code_sha256(),
         "seed": base.seed,
         "dtype": base.dtype,
         "model": to_dict(model_cfg),
@@ -157,7 +178,7 @@ def resumable_state(paths: TrainPaths, fingerprint: dict[str, Any],
     if why is not None:
         # Starting over is what `dvc exp run -S ...` needs; finished runs live in the DVC cache.
         if info.is_main:
-            log.warning("%s was trained with other params (%s): starting fresh", paths.last, why)
+            log.warning("%s was trained with other params or training code (%s): starting fresh", paths.last, why)
         return None
     return state
 
