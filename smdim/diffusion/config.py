@@ -16,7 +16,7 @@ class DiffusionConfig:
     # (cosine, uniform) samples better here than the likelihood-optimal MDLM recipe (linear, elbo),
     # though its ELBO is worse: docs/sampling_study.md, seventh round. "cosine" masks lightly (mean
     # share 0.36); MaskGIT's own training masks are "maskgit" (mean share 0.64; twenty-fourth round).
-    schedule: Literal["linear", "cosine", "maskgit"] = "cosine"  # m(t): t | 1 - cos(pi t/2) | sin(pi t/2)
+    schedule: Literal["linear", "cosine", "maskgit"] = "linear"  # m(t): t | 1 - cos(pi t/2) | sin(pi t/2)
     weighting: Literal["elbo", "reweighted", "uniform"] = "uniform"  # loss weight w(t), see schedule.py
     low_discrepancy: bool = True  # stratify the batch's t over [0, 1] (lower-variance loss, MDLM)
     # Share of SLACK tokens scattered into training windows. They decode to nothing, so a sampler

@@ -53,6 +53,18 @@ def x0_probs(logits: Tensor, mask_id: int) -> Tensor:
     return x0_logits(logits, mask_id).softmax(-1)
 
 
+def self_conditioned_logits(denoiser, x_t: Tensor, t: Tensor, *, mask_id: int,
+                            pad_mask: Tensor | None = None) -> Tensor:
+    """Logits (B, L, V) of a self-conditioned denoiser reading its own prediction for x_t as `prev`.
+
+    Two calls: the first (no grad, so training backpropagates through the second only) gives
+    `prev`; training and the validation ELBO both score the second, the call a sampler makes.
+    """
+    with torch.no_grad():
+        prev = x0_probs(denoiser(x_t, t, pad_mask=pad_mask), mask_id)  # (B, L, V)
+    return denoiser(x_t, t, pad_mask=pad_mask, prev=prev)
+
+
 def diffusion_loss(
     denoiser,
     x0: Tensor,
@@ -85,9 +97,7 @@ def diffusion_loss(
         n_row = pad_mask.sum(1) if pad_mask is not None else torch.full_like(weight, x0.shape[1])
         weight = torch.where(rows, weight * (n_row / block_tokens).clamp(min=1), weight)
     if self_cond_share > 0 and float(torch.rand((), generator=generator, device=x0.device)) < self_cond_share:
-        with torch.no_grad():
-            prev = x0_probs(denoiser(x_t, t, pad_mask=pad_mask), mask_id)  # (B, L, V)
-        logits = denoiser(x_t, t, pad_mask=pad_mask, prev=prev)  # (B, L, V)
+        logits = self_conditioned_logits(denoiser, x_t, t, mask_id=mask_id, pad_mask=pad_mask)  # (B, L, V)
     else:
         logits = denoiser(x_t, t, pad_mask=pad_mask)  # (B, L, V)
     n_real = pad_mask.sum() if pad_mask is not None else torch.tensor(x0.numel())

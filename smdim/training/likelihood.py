@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from smdim.autoregressive.loss import next_token_nll, shifted_input
-from smdim.diffusion.loss import masked_loss, x0_probs
+from smdim.diffusion.loss import masked_loss, self_conditioned_logits
 from smdim.diffusion.masking import mask_tokens
 from smdim.diffusion.schedule import Schedule
 
@@ -97,9 +97,10 @@ def _elbo_nats(model, x0: Tensor, pad_mask: Tensor, schedule: Schedule, mask_id:
         k = (((d + u) / draws) * schedule.T).floor().clamp(0, schedule.T - 1) + 1  # 1..T
         t = k / schedule.T  # (b,)
         x_t, masked = mask_tokens(x0, t, mask_id, schedule, generator=gen, pad_mask=pad_mask)
-        logits = model(x_t, t, pad_mask=pad_mask)  # (b, L, V)
         if getattr(model, "self_conditioned", False):
-            logits = model(x_t, t, pad_mask=pad_mask, prev=x0_probs(logits, mask_id))
+            logits = self_conditioned_logits(model, x_t, t, mask_id=mask_id, pad_mask=pad_mask)  # (b, L, V)
+        else:
+            logits = model(x_t, t, pad_mask=pad_mask)  # (b, L, V)
         # The training loss's weighted masked CE, summed (n_real = 1) rather than averaged.
         nats, _ = masked_loss(logits, x0, masked, schedule.loss_weight(t), mask_id, torch.tensor(1), excluded)
         total += float(nats)
