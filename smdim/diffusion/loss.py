@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from smdim.diffusion.masking import block_masks, mask_tokens
+from smdim.diffusion.masking import block_masks, mask_per_block, mask_tokens
+from smdim.errors import SmdimError
 
 
 def masked_loss(
@@ -17,7 +18,7 @@ def masked_loss(
 ) -> tuple[Tensor, dict[str, float]]:
     """sum_b w_b sum_{i masked} -log p(x0_i) / n_real, MASK logit excluded; plus stats.
 
-    logits (B, L, V), x0 (B, L), masked (B, L) bool, weight (B,), n_real scalar tensor;
+    logits (B, L, V), x0 (B, L), masked (B, L) bool, weight (B,) or per token (B, L), n_real scalar tensor;
     `excluded`: more ids the clean tokens never hold (SLACK, when scoring windows without it).
     """
     # The clean token is never MASK, so the model must not spend probability on it.
@@ -25,7 +26,7 @@ def masked_loss(
     logits = logits.float().index_fill(-1, drop, float("-inf"))
     sel = masked.nonzero(as_tuple=True)
     ce = F.cross_entropy(logits[sel], x0[sel], reduction="none")  # (N,)
-    w = weight.float()[sel[0]]  # (N,)
+    w = weight.float()[sel if weight.dim() == 2 else sel[0]]  # (N,)
     loss = (w * ce).sum() / n_real.clamp_min(1).float()
     n_masked = int(ce.numel())
     with torch.no_grad():
@@ -77,6 +78,7 @@ def diffusion_loss(
     block_share: float = 0.0,
     block_tokens: int = 16,
     self_cond_share: float = 0.0,
+    block_diffusion: int = 0,
 ) -> tuple[Tensor, dict[str, float]]:
     """Draw t, mask x0 (B, L), run `denoiser(x_t, t, pad_mask=...)`, return (loss, stats).
 
@@ -84,7 +86,21 @@ def diffusion_loss(
     tokens in the batch (nats per token; for weighting "elbo" an upper bound on the NLL).
     A self-conditioned denoiser (model.self_cond) gets, on `self_cond_share` of the batches, its own
     no-grad prediction for the same x_t as `prev`, the way a sampler feeds it its last call's.
+    `block_diffusion` N > 0 (model.block_diffusion): every N-token block has its own t, and the
+    denoiser also gets the clean window x0 that the blocks read (smdim.model.block_causal).
     """
+    if block_diffusion:
+        if block_share > 0 or self_cond_share > 0:
+            raise SmdimError("model.block_diffusion trains without diffusion.block_share and model.self_cond; "
+                             "set them to 0 / false")
+        x_t, masked, t = mask_per_block(x0, block_diffusion, mask_id, schedule, generator=generator,
+                                        pad_mask=pad_mask)
+        weight = schedule.loss_weight(t).repeat_interleave(block_diffusion, dim=1)[:, : x0.shape[1]]  # (B, L)
+        logits = denoiser(x_t, None, pad_mask=pad_mask, clean=x0)  # (B, L, V)
+        n_real = pad_mask.sum() if pad_mask is not None else torch.tensor(x0.numel())
+        loss, stats = masked_loss(logits, x0, masked, weight, mask_id, n_real, excluded)
+        stats["t_mean"] = float(t.mean())
+        return loss, stats
     t = schedule.sample_t(x0.shape[0], generator=generator, device=x0.device)  # (B,)
     x_t, masked = mask_tokens(x0, t, mask_id, schedule, generator=generator, pad_mask=pad_mask)
     weight = schedule.loss_weight(t)  # (B,)

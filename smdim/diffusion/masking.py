@@ -41,6 +41,30 @@ def mask_tokens(
     return x_t, masked
 
 
+def mask_per_block(
+    x0: Tensor,
+    block: int,
+    mask_id: int,
+    schedule,
+    *,
+    generator: torch.Generator | None = None,
+    pad_mask: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Block diffusion's forward process: every block of `block` tokens of x0 (B, L) gets its own
+    t (the schedule's draw over all B x n_blocks blocks, shuffled), and its real tokens are masked
+    with probability m(t). Returns (x_t, masked, t (B, n_blocks))."""
+    B, L = x0.shape
+    n_blocks = -(-L // block)
+    t = schedule.sample_t(B * n_blocks, generator=generator, device=x0.device)
+    # sample_t spaces low-discrepancy draws evenly in order: shuffle them over the blocks.
+    t = t[torch.randperm(B * n_blocks, generator=generator, device=x0.device)].view(B, n_blocks)
+    p = schedule.mask_prob(t).repeat_interleave(block, dim=1)[:, :L]  # (B, L)
+    masked = torch.rand(x0.shape, generator=generator, device=x0.device) < p
+    if pad_mask is not None:
+        masked &= pad_mask.bool()
+    return x0.masked_fill(masked, mask_id), masked, t
+
+
 def block_masks(
     x_t: Tensor,
     masked: Tensor,

@@ -20,9 +20,11 @@ class WithCollection(nn.Module):
         return getattr(self.net, "self_conditioned", False)
 
     def forward(self, x: Tensor, t: Tensor | None = None, pad_mask: Tensor | None = None,
-                prev: Tensor | None = None) -> Tensor:
+                prev: Tensor | None = None, clean: Tensor | None = None) -> Tensor:
         c = self.collection.to(x.device)
         c = c.expand(x.shape[0]) if c.dim() == 0 else c  # (B,)
+        if clean is not None:  # block diffusion's clean window (training and the likelihood)
+            return self.net(x, t, pad_mask, collection=c, prev=prev, clean=clean)
         return self.net(x, t, pad_mask, collection=c, prev=prev)
 
     def select(self, rows: Tensor) -> WithCollection:

@@ -44,6 +44,11 @@ class ModelConfig:
     # previous x0 prediction (probabilities over the vocabulary, zero when there is none); training
     # feeds it from a no-grad first pass on half the batches, the samplers from their last call
     self_cond: bool = False
+    # diffusion: block diffusion (BD3-LM, Arriola et al. 2025) with blocks of this many tokens; the
+    # blocks are denoised left to right, each reading the clean blocks before it and nothing after
+    # (smdim.model.block_causal). Attention sublayers only (block: transformer); 0 = off, one
+    # bidirectional window (SMDIM)
+    block_diffusion: int = 0
     scan_chunk: int = 32  # chunk of the fallback chunked scan (no C++ compiler, non-CPU); speed only
 
     @property
@@ -71,7 +76,18 @@ class ModelConfig:
             (self.refine_layers >= 0, "refine_layers must be >= 0"),
             (self.refine_kernel >= 1 and self.refine_kernel % 2 == 1, "refine_kernel must be odd and >= 1"),
             (not (self.self_cond and self.objective == "autoregressive"), "self_cond is for diffusion only"),
+            (self.block_diffusion >= 0, "block_diffusion must be >= 0 (0 = off)"),
         ]
+        if self.block_diffusion:
+            checks += [
+                (self.objective == "diffusion", "block_diffusion is for model.objective: diffusion"),
+                (self.block == "transformer",
+                 "block_diffusion needs model.block: transformer (a Mamba scan would read later blocks)"),
+                (self.block_diffusion % self.stride == 0,
+                 f"block_diffusion {self.block_diffusion} must be a multiple of stride {self.stride}"),
+                (not self.self_cond and not self.time_cond,
+                 "block_diffusion works without self_cond and time_cond (set both false)"),
+            ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)

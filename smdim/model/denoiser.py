@@ -8,6 +8,9 @@
          window for autoregressive models)
       -> LayerNorm -> Linear head (B, L, V)
 
+With `model.block_diffusion: N` the same parts run block diffusion instead (smdim.model.block_causal):
+blocks of N tokens, each reading the clean blocks before it.
+
 The head scores every class including MASK and PAD: the x0-parameterised loss and the samplers
 (smdim.diffusion / smdim.sampling) exclude MASK, so the network stays a plain classifier.
 
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from smdim.errors import SmdimError
+from smdim.model.block_causal import block_forward
 from smdim.model.blocks import Block
 from smdim.model.config import ModelConfig
 from smdim.model.refine import TokenRefiner
@@ -82,11 +86,15 @@ class Denoiser(nn.Module):
         return self.self_cond is not None
 
     def forward(self, x: Tensor, t: Tensor | None = None, pad_mask: Tensor | None = None,
-                collection: Tensor | None = None, prev: Tensor | None = None) -> Tensor:
+                collection: Tensor | None = None, prev: Tensor | None = None,
+                clean: Tensor | None = None) -> Tensor:
         """x: (B, L) token ids; t: (B,) in [0, 1]; pad_mask: (B, L) True = real token;
         collection: (B,) indices (0 = none; None = all none), read when model.collection_cond;
         prev: (B, L, V) probabilities of the previous x0 prediction (None = none yet), read when
-        model.self_cond."""
+        model.self_cond; clean: (B, L) the clean window whose earlier blocks x's blocks read, for
+        model.block_diffusion (training; None = x itself, as a sampler has it)."""
+        if self.cfg.block_diffusion:
+            return block_forward(self, x, x if clean is None else clean, pad_mask, collection)
         B, L = x.shape
         s = self.cfg.stride
         lengths = _right_padded_lengths(pad_mask)  # (B,) or None

@@ -197,9 +197,10 @@ class Composer:
                 )
             else:
                 model = self.model if index is None else WithCollection(self.model, index)
+                kw = block_diffusion_settings(sampler_kw, self.model.cfg.block_diffusion)
                 x, stats = sample_with_stats(
                     model, length, mask_id=self.mask_id, batch_size=b, generator=generator,
-                    fixed=fixed, schedule=self.schedule, progress=progress, **sampler_kw,
+                    fixed=fixed, schedule=self.schedule, progress=progress, **kw,
                 )
             seconds = (time.perf_counter() - t0) / b
             for row in x.cpu().tolist():
@@ -212,6 +213,19 @@ class Composer:
     @functools.cached_property
     def transposer(self) -> Transposer:
         return Transposer(dict(self.tokenizer.vocab))
+
+
+def block_diffusion_settings(sampler_kw: dict, block: int) -> dict:
+    """A block-diffusion model's sampler (model.block_diffusion = block > 0): the confidence order
+    within each block, the blocks left to right, and no corrector, whose redraws would leave MASK in
+    blocks that later ones read as clean. Other settings pass through; block 0 changes nothing."""
+    if not block:
+        return sampler_kw
+    method = sampler_kw.get("method", "ancestral")
+    if method != "confidence":
+        raise SmdimError(f"sample.method={method}: a block-diffusion model (model.block_diffusion: {block}) "
+                         "samples with sample.method: confidence")
+    return {**sampler_kw, "block_tokens": block, "correct_rounds": 0}
 
 
 def load_composer(path: str, device: str = "cpu") -> Composer:

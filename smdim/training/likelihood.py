@@ -99,6 +99,9 @@ def _elbo_nats(model, x0: Tensor, pad_mask: Tensor, schedule: Schedule, mask_id:
         x_t, masked = mask_tokens(x0, t, mask_id, schedule, generator=gen, pad_mask=pad_mask)
         if getattr(model, "self_conditioned", False):
             logits = self_conditioned_logits(model, x_t, t, mask_id=mask_id, pad_mask=pad_mask)  # (b, L, V)
+        elif model.cfg.block_diffusion:
+            # Each block's ELBO given the clean blocks before it: their sum bounds the NLL (BD3-LM).
+            logits = model(x_t, t, pad_mask=pad_mask, clean=x0)  # (b, L, V)
         else:
             logits = model(x_t, t, pad_mask=pad_mask)  # (b, L, V)
         # The training loss's weighted masked CE, summed (n_real = 1) rather than averaged.

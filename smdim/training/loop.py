@@ -268,7 +268,8 @@ def _loss(run: Run, net: torch.nn.Module, batch: Batch, gen: torch.Generator,
     return objective_loss(net, run.model.cfg.causal, x0, pad_mask, mask_id=run.vocab.ids["MASK_None"],
                           bos_id=run.vocab.ids.get("BOS_None"), schedule=run.schedule, generator=gen,
                           excluded=excluded, block_share=run.diffusion_cfg.block_share if training else 0.0,
-                          self_cond_share=self_cond_share(run.model.cfg, training))
+                          self_cond_share=self_cond_share(run.model.cfg, training),
+                          block_diffusion=run.model.cfg.block_diffusion)
 
 
 def _slack_ids(run: Run) -> tuple[int, ...]:

@@ -18,17 +18,19 @@ from smdim.model.config import ModelConfig
 
 def objective_loss(net, causal: bool, x0: Tensor, pad_mask: Tensor, *, mask_id: int, bos_id: int | None,
                    schedule, generator: torch.Generator | None = None, excluded: Sequence[int] = (),
-                   block_share: float = 0.0, self_cond_share: float = 0.0) -> Tensor:
+                   block_share: float = 0.0, self_cond_share: float = 0.0, block_diffusion: int = 0) -> Tensor:
     """Causal: exact next-token NLL (windows start with BOS). Else: the diffusion loss, an upper
     bound on the NLL with the ELBO weighting (t and masks drawn from `generator`; `excluded` ids
     get no probability; `block_share` of the windows masked block by block, diffusion.block_tokens;
-    `self_cond_share` of the batches fed the net's own first prediction, model.self_cond)."""
+    `self_cond_share` of the batches fed the net's own first prediction, model.self_cond;
+    `block_diffusion`: model.block_diffusion's block length, 0 = off)."""
     if causal:
         loss, _ = autoregressive_loss(net, x0, bos_id=bos_id, mask_id=mask_id, pad_mask=pad_mask)
     else:
         loss, _ = diffusion_loss(net, x0, mask_id=mask_id, schedule=schedule, pad_mask=pad_mask,
                                  generator=generator, excluded=excluded, block_share=block_share,
-                                 block_tokens=schedule.cfg.block_tokens, self_cond_share=self_cond_share)
+                                 block_tokens=schedule.cfg.block_tokens, self_cond_share=self_cond_share,
+                                 block_diffusion=block_diffusion)
     return loss
 
 

@@ -41,7 +41,7 @@ def step_seconds(model_cfg: ModelConfig, cfg: TrainConfig, repeats: int = 5, war
             for _ in range(warmup + repeats):
                 t0 = time.perf_counter()
                 loss = objective_loss(model, model_cfg.causal, x, pad_mask, mask_id=2, bos_id=1, schedule=schedule,
-                                      self_cond_share=kind_share)
+                                      self_cond_share=kind_share, block_diffusion=model_cfg.block_diffusion)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
