@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from smdim.diffusion.masking import block_masks, mask_per_block, mask_tokens
+from smdim.diffusion.masking import block_masks, mask_per_block, mask_tokens, per_token
 from smdim.errors import SmdimError
 
 
@@ -95,12 +95,9 @@ def diffusion_loss(
                              "set them to 0 / false")
         x_t, masked, t = mask_per_block(x0, block_diffusion, mask_id, schedule, generator=generator,
                                         pad_mask=pad_mask)
-        weight = schedule.loss_weight(t).repeat_interleave(block_diffusion, dim=1)[:, : x0.shape[1]]  # (B, L)
+        weight = schedule.loss_weight(per_token(t, block_diffusion, x0.shape[1]))  # (B, L)
         logits = denoiser(x_t, None, pad_mask=pad_mask, clean=x0)  # (B, L, V)
-        n_real = pad_mask.sum() if pad_mask is not None else torch.tensor(x0.numel())
-        loss, stats = masked_loss(logits, x0, masked, weight, mask_id, n_real, excluded)
-        stats["t_mean"] = float(t.mean())
-        return loss, stats
+        return _scored_loss(logits, x0, masked, weight, t, mask_id, pad_mask, excluded)
     t = schedule.sample_t(x0.shape[0], generator=generator, device=x0.device)  # (B,)
     x_t, masked = mask_tokens(x0, t, mask_id, schedule, generator=generator, pad_mask=pad_mask)
     weight = schedule.loss_weight(t)  # (B,)
@@ -116,6 +113,12 @@ def diffusion_loss(
         logits = self_conditioned_logits(denoiser, x_t, t, mask_id=mask_id, pad_mask=pad_mask)  # (B, L, V)
     else:
         logits = denoiser(x_t, t, pad_mask=pad_mask)  # (B, L, V)
+    return _scored_loss(logits, x0, scored, weight, t, mask_id, pad_mask, excluded)
+
+
+def _scored_loss(logits: Tensor, x0: Tensor, scored: Tensor, weight: Tensor, t: Tensor, mask_id: int,
+                 pad_mask: Tensor | None, excluded: Sequence[int]) -> tuple[Tensor, dict[str, float]]:
+    """masked_loss over the batch's real tokens, with the mean t in the stats."""
     n_real = pad_mask.sum() if pad_mask is not None else torch.tensor(x0.numel())
     loss, stats = masked_loss(logits, x0, scored, weight, mask_id, n_real, excluded)
     stats["t_mean"] = float(t.mean())

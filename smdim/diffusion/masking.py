@@ -24,12 +24,14 @@ def mask_tokens(
     fixed: Tensor | None = None,
     pad_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Mask each real, non-fixed token of x0 (B, L) with probability m(t_b); returns (x_t, masked).
+    """Mask each real, non-fixed token of x0 (B, L) with probability m(t); returns (x_t, masked).
 
-    t: (B,) in [0, 1]. fixed: BoolTensor (True = keep) or LongTensor (>= 0 = keep), (B, L).
+    t: (B,) in [0, 1], one time per row, or (B, L), one per token (block diffusion's blocks).
+    fixed: BoolTensor (True = keep) or LongTensor (>= 0 = keep), (B, L).
     pad_mask: BoolTensor (B, L), True = real token; padding is never masked.
     """
-    p = schedule.mask_prob(t.to(torch.float32)).view(-1, 1)  # (B, 1)
+    p = schedule.mask_prob(t.to(torch.float32))
+    p = p[:, None] if p.dim() == 1 else p  # (B, 1) or (B, L)
     u = torch.rand(x0.shape, generator=generator, device=x0.device)  # (B, L)
     masked = u < p
     if pad_mask is not None:
@@ -52,17 +54,20 @@ def mask_per_block(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Block diffusion's forward process: every block of `block` tokens of x0 (B, L) gets its own
     t (the schedule's draw over all B x n_blocks blocks, shuffled), and its real tokens are masked
-    with probability m(t). Returns (x_t, masked, t (B, n_blocks))."""
+    with probability m(t) (mask_tokens). Returns (x_t, masked, t (B, n_blocks))."""
     B, L = x0.shape
     n_blocks = -(-L // block)
     t = schedule.sample_t(B * n_blocks, generator=generator, device=x0.device)
     # sample_t spaces low-discrepancy draws evenly in order: shuffle them over the blocks.
     t = t[torch.randperm(B * n_blocks, generator=generator, device=x0.device)].view(B, n_blocks)
-    p = schedule.mask_prob(t).repeat_interleave(block, dim=1)[:, :L]  # (B, L)
-    masked = torch.rand(x0.shape, generator=generator, device=x0.device) < p
-    if pad_mask is not None:
-        masked &= pad_mask.bool()
-    return x0.masked_fill(masked, mask_id), masked, t
+    x_t, masked = mask_tokens(x0, per_token(t, block, L), mask_id, schedule, generator=generator,
+                              pad_mask=pad_mask)
+    return x_t, masked, t
+
+
+def per_token(values: Tensor, block: int, length: int) -> Tensor:
+    """Per-block values (B, n_blocks) -> (B, length): each repeated over its block's tokens."""
+    return values.repeat_interleave(block, dim=1)[:, :length]
 
 
 def block_masks(

@@ -23,9 +23,7 @@ class WithCollection(nn.Module):
                 prev: Tensor | None = None, clean: Tensor | None = None) -> Tensor:
         c = self.collection.to(x.device)
         c = c.expand(x.shape[0]) if c.dim() == 0 else c  # (B,)
-        if clean is not None:  # block diffusion's clean window (training and the likelihood)
-            return self.net(x, t, pad_mask, collection=c, prev=prev, clean=clean)
-        return self.net(x, t, pad_mask, collection=c, prev=prev)
+        return self.net(x, t, pad_mask, collection=c, prev=prev, clean=clean)
 
     def select(self, rows: Tensor) -> WithCollection:
         """The same net bound to the indices of `rows` only: for samplers that call the network on
