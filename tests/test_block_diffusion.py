@@ -24,9 +24,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 V, MASK = 40, 3
 
 
-def block_model(block: int = 8, stride: int = 2, **kw) -> Denoiser:
+def block_model(block: int = 8, stride: int = 2, kind: str = "transformer", **kw) -> Denoiser:
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=V, d_model=32, n_heads=2, n_blocks=2, stride=stride, block="transformer",
+    cfg = ModelConfig(vocab_size=V, d_model=32, n_heads=2, n_blocks=2, stride=stride, block=kind,
                       block_diffusion=block, n_collections=2, **kw)
     net = Denoiser(cfg).eval()
     with torch.no_grad():  # a trained net's weights, not init's zeros, so every path carries signal
@@ -35,9 +35,11 @@ def block_model(block: int = 8, stride: int = 2, **kw) -> Denoiser:
     return net
 
 
-@pytest.mark.parametrize("block,stride", [(8, 2), (8, 4), (4, 4), (16, 1)])
-def test_a_block_reads_itself_and_the_clean_blocks_before_it_only(block, stride):
-    net = block_model(block, stride)
+@pytest.mark.parametrize("block,stride,kind", [(8, 2, "transformer"), (8, 4, "transformer"),
+                                               (4, 4, "transformer"), (16, 1, "transformer"),
+                                               (8, 2, "mfa"), (4, 4, "mfa"), (16, 1, "mamba")])
+def test_a_block_reads_itself_and_the_clean_blocks_before_it_only(block, stride, kind):
+    net = block_model(block, stride, kind)
     g = torch.Generator().manual_seed(1)
     L = 4 * block
     x0 = torch.randint(4, V, (2, L), generator=g)
@@ -61,8 +63,9 @@ def test_a_block_reads_itself_and_the_clean_blocks_before_it_only(block, stride)
             assert not torch.allclose(out[:, lo:hi], ref[:, lo:hi])
 
 
-def test_any_length_and_right_padding_leave_earlier_blocks_alone():
-    net = block_model(8, 2)
+@pytest.mark.parametrize("kind", ["transformer", "mfa"])
+def test_any_length_and_right_padding_leave_earlier_blocks_alone(kind):
+    net = block_model(8, 2, kind)
     x = torch.randint(4, V, (2, 32), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         full = net(x)
@@ -110,11 +113,11 @@ def test_the_loss_reads_the_clean_window_and_weights_per_block():
         diffusion_loss(net, x0, mask_id=MASK, schedule=schedule, block_diffusion=8, block_share=0.5)
 
 
-def test_config_keeps_block_diffusion_to_attention_blocks():
-    for bad, match in [({"block": "mfa"}, "transformer"), ({"stride": 3}, "multiple of stride"),
+def test_config_checks_block_diffusion_s_settings():
+    for bad, match in [({"stride": 3}, "multiple of stride"),
                        ({"objective": "autoregressive"}, "objective"), ({"self_cond": True}, "self_cond")]:
         with pytest.raises(SmdimError, match=match):
-            build(ModelConfig, {"block": "transformer", "block_diffusion": 16, **bad}, "model")
+            build(ModelConfig, {"block_diffusion": 16, **bad}, "model")
 
 
 def test_its_sampler_is_the_block_order_without_the_corrector():
@@ -141,7 +144,7 @@ def test_the_preset_names_params_keys_and_a_valid_model():
 
 def test_a_block_diffusion_model_trains_scores_and_samples(tokens_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    model = build(ModelConfig, {"d_model": 32, "n_heads": 2, "n_blocks": 1, "stride": 2, "block": "transformer",
+    model = build(ModelConfig, {"d_model": 32, "n_heads": 2, "n_blocks": 1, "stride": 2, "block": "mfa",
                                 "block_diffusion": 8}, "model")
     train_cfg = build(TrainConfig, {"seq_len": 64, "batch_size": 4, "steps": 8, "lr": 3e-3, "warmup_steps": 2,
                                     "eval_every": 4, "eval_batches": 1, "checkpoint_every": 4, "log_every": 4,

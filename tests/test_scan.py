@@ -118,6 +118,72 @@ def test_optional_arguments_and_last_state(fn):
         torch.testing.assert_close(g, rg, msg=f"grad {name}")
 
 
+@pytest.mark.parametrize("fn", [selective_scan_fast, selective_scan_cpu], ids=["fast", "fused"])
+@pytest.mark.parametrize("L", [1, 5, 45])
+def test_initial_state_and_a_differentiable_last_state(fn, L):
+    """Scans chain: h0 starts the recurrence, and gradients flow from the last state back to h0."""
+    ins = make_inputs(L, torch.float64, n=16)
+    h0 = torch.randn(2, 6, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(9)).requires_grad_()
+    u, delta, A, B, C, D, z, bias = ins
+    kw = dict(z=z, delta_bias=bias, delta_softplus=True, return_last_state=True, initial_state=h0)
+    results = []
+    for f in (selective_scan_ref, fn):
+        out, last = f(u, delta, A, B, C, D, **kw, **({} if f is selective_scan_ref else {"chunk": 4}))
+        # the output's and the last state's gradients, and the last state's alone (out unused)
+        both = torch.autograd.grad(out.square().sum() + last.sin().sum(), [*ins, h0], retain_graph=True)
+        alone = torch.autograd.grad(last.sin().sum(), [*ins, h0], allow_unused=True)
+        results.append((out, last, both, alone))
+    (ref_out, ref_last, ref_both, ref_alone), (out, last, both, alone) = results
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(last, ref_last)
+    for name, g, rg in zip([*GRAD_NAMES, "h0"], both, ref_both, strict=True):
+        torch.testing.assert_close(g, rg, msg=f"grad {name}")
+    for name, g, rg in zip([*GRAD_NAMES, "h0"], alone, ref_alone, strict=True):
+        if rg is None or not rg.abs().any():  # D and z do not reach the state
+            assert g is None or not g.abs().any(), f"grad {name} of the last state should be zero"
+        else:
+            torch.testing.assert_close(g, rg, msg=f"grad {name} (last state only)")
+    without = fn(u, delta, A, B, C, D, z=z, delta_bias=bias, delta_softplus=True)
+    assert not torch.allclose(without, out), "the initial state must change the output"
+
+
+@pytest.mark.parametrize("fn", [selective_scan_fast, selective_scan_cpu], ids=["fast", "fused"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("segment", [1, 4, 9, 36])
+def test_segments_restart_from_their_own_initial_states(fn, dtype, segment):
+    """segment: one scan per `segment` positions in a row, each from its own h0, each with its own
+    last state, all differentiable; the same as scanning every segment as a row of its own."""
+    ins = make_inputs(36, dtype, n=16)
+    nseg = 36 // segment
+    g = torch.Generator().manual_seed(11)
+    h0 = torch.randn(2, 6, nseg, 16, dtype=dtype, generator=g).requires_grad_()
+    u, delta, A, B, C, D, z, bias = ins
+    kw = dict(z=z, delta_bias=bias, delta_softplus=True, return_last_state=True, initial_state=h0,
+              segment=segment)
+    weights = torch.randn(2, 6, 36, dtype=dtype, generator=g), torch.randn(2, 6, nseg, 16, dtype=dtype, generator=g)
+    results = []
+    for f in (selective_scan_ref, fn):
+        out, last = f(u, delta, A, B, C, D, **kw)
+        assert last.shape == (2, 6, nseg, 16)
+        loss = (out * weights[0]).sum() + (last * weights[1]).sum()
+        results.append((out, last, torch.autograd.grad(loss, [*ins, h0])))
+    (ref_out, ref_last, ref_grads), (out, last, grads) = results
+    tol = TOL[dtype]
+    torch.testing.assert_close(out, ref_out, **tol)
+    torch.testing.assert_close(last, ref_last, **tol)
+    for name, gr, rg in zip([*GRAD_NAMES, "h0"], grads, ref_grads, strict=True):
+        scale = rg.abs().max().clamp(min=1.0)
+        torch.testing.assert_close(gr / scale, rg / scale, **tol, msg=f"grad {name}")
+    if segment < 36:  # the reference's segments are independent scans: check one against a plain scan
+        lo, hi = segment, 2 * segment
+        part = selective_scan_ref(u[..., lo:hi], delta[..., lo:hi], A, B[..., lo:hi], C[..., lo:hi], D,
+                                  z=z[..., lo:hi], delta_bias=bias, delta_softplus=True,
+                                  initial_state=h0[:, :, 1])
+        torch.testing.assert_close(ref_out[..., lo:hi], part)
+    with pytest.raises(ValueError, match="segment 5 must be >= 1 and divide L = 36"):
+        fn(u, delta, A, B, C, D, segment=5)
+
+
 def test_fused_propagates_nan(kernel):
     """A NaN in delta reaches that channel's outputs (the kernel's exp/softplus clamps keep it)."""
     u, delta, A, B, C, D, z, bias = (t.detach() for t in make_inputs(30, torch.float32, n=16))

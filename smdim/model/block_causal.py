@@ -10,14 +10,16 @@ window x_t and the clean window x0 side by side as one sequence of 2L tokens:
       attention mask (coarse positions, cb = N / stride per block):
         x_t block b  ->  x_t block b (both ways)  and  x0 blocks < b
         x0 block b   ->  x0 blocks <= b
-      -> blocks (attention + FFN) -> transposed conv (B, 2L, D)
+      Mamba, the same rule (smdim.model.block_mamba): x_t's block b continues the causal scan
+        of x0's first b blocks; the backward scan stays inside each block
+      -> blocks (any order of Mamba / FFN / attention) -> transposed conv (B, 2L, D)
       -> refinement windows cut at block edges: a token's left neighbours in the block before come
          from x0, those in the block after are zeros (at sampling time they are not drawn yet)
       -> head on the x_t half: (B, L, V)
 
 Both halves use positions 0..Ls-1 (rotary), so x_t block b and x0 block b sit at the same place.
 A sampler calls it with x_t alone: the blocks left of the one being drawn are clean, so x_t serves
-as x0 as well. A Mamba scan runs through every later position, so only attention blocks qualify.
+as x0 as well.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from smdim.model.attention import rotary
+from smdim.model.block_mamba import block_causal_mamba
 from smdim.model.refine import TokenRefiner
 
 
@@ -94,10 +97,16 @@ def block_forward(net, x_t: Tensor, x0: Tensor, pad_mask: Tensor | None, collect
         h = h + net.collection_embed(collection)[:, None, :]  # (B, 1, D)
     h = h * real_s[..., None]
     allow = block_attention_mask(Ls, N // s, real_s, x_t.device)  # (B, 1, 2Ls, 2Ls)
+    lengths_s = real_s[:, :Ls].sum(1)  # (B,) real coarse positions in each half
     for block in net.blocks:
         for sub in block.sublayers:
             y = sub.norm(h)
-            y = masked_attention(sub.layer, y, allow, Ls, net.training) if sub.kind == "a" else sub.layer(y)
+            if sub.kind == "a":
+                y = masked_attention(sub.layer, y, allow, Ls, net.training)
+            elif sub.kind == "m":
+                y = block_causal_mamba(sub.layer, y, Ls, N // s, lengths_s)
+            else:
+                y = sub.layer(y)
             h = h + sub.drop(y)
         h = h * real_s[..., None]
     h = transposed_conv(h, net.up.weight, net.up.bias)  # (B, 2Lp, D)

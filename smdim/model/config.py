@@ -81,8 +81,6 @@ class ModelConfig:
         if self.block_diffusion:
             checks += [
                 (self.objective == "diffusion", "block_diffusion is for model.objective: diffusion"),
-                (self.block == "transformer",
-                 "block_diffusion needs model.block: transformer (a Mamba scan would read later blocks)"),
                 (self.block_diffusion % self.stride == 0,
                  f"block_diffusion {self.block_diffusion} must be a multiple of stride {self.stride}"),
                 (not self.self_cond and not self.time_cond,

@@ -5,6 +5,11 @@ Both functions take mamba_ssm's `selective_scan_fn` arguments (without `cu_seqle
     h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t      (per channel d, state n)
     y_t = <C_t, h_t> + D * u_t;   out = y * silu(z)
 
+plus two of our own: `initial_state` (h_{-1}; zero without one) and `segment` (the recurrence
+restarts every `segment` positions, each segment from its own initial state). The last states
+are differentiable, so scans chain: block diffusion's block-causal Mamba (smdim.model.block_mamba)
+starts each block of a row from the clean prefix's state.
+
 The fast scan never loops over every position. The recurrence h_t = a_t h_{t-1} + b_t is solved
 in two levels: a sequential pass over the K positions of a chunk, run for all chunks at once,
 then the chunk-end states are scanned the same way (recursively, so the Python loop count is about
@@ -33,12 +38,18 @@ def selective_scan_ref(
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
+    initial_state: Tensor | None = None,
+    segment: int | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Sequential reference scan (one step per position; the test oracle).
 
     u: (B, D, L); delta: (B, D, L); A: (D, N); B: (B, N, L); C: (B, N, L); D: (D,);
-    z: (B, D, L); delta_bias: (D,). Returns out (B, D, L) [and last_state (B, D, N)].
+    z: (B, D, L); delta_bias: (D,); initial_state: (B, D, N), h_{-1} (None = zero).
+    Returns out (B, D, L) [and last_state (B, D, N)]. With `segment` (a divisor of L) the
+    recurrence restarts every `segment` positions: initial_state and last_state are then
+    (B, D, L / segment, N), one per segment.
     """
+    check_segment(segment, u.shape[-1])
     dtype_in = u.dtype
     compute = torch.float64 if u.dtype == torch.float64 else torch.float32
     u, delta, B, C = (t.to(compute) for t in (u, delta, B, C))
@@ -50,12 +61,20 @@ def selective_scan_ref(
     batch, dim, dstate = u.shape[0], A.shape[0], A.shape[1]
     deltaA = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
     deltaB_u = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
-    x = u.new_zeros((batch, dim, dstate))
-    ys = []
+    seg = u.shape[2] if segment is None else segment
+    starts = None if initial_state is None else initial_state.to(compute)
+    if starts is not None and segment is None:
+        starts = starts[:, :, None]  # (B, D, 1, N)
+    ys, lasts = [], []
     for i in range(u.shape[2]):
+        if i % seg == 0:
+            x = u.new_zeros((batch, dim, dstate)) if starts is None else starts[:, :, i // seg]
         x = deltaA[:, :, i] * x + deltaB_u[:, :, i]
         ys.append(torch.einsum("bdn,bn->bd", x, C[:, :, i]))
+        if i % seg == seg - 1:
+            lasts.append(x)
     y = torch.stack(ys, dim=2)  # (B, D, L)
+    x = lasts[-1] if segment is None else torch.stack(lasts, dim=2)
     out = y if D is None else y + u * D.to(compute)[:, None]
     if z is not None:
         out = out * F.silu(z.to(compute))
@@ -106,34 +125,38 @@ def _scan_(a: Tensor, b: Tensor, chunk: int, reverse: bool = False) -> Tensor:
 class _SelectiveScanCore(torch.autograd.Function):
     """y_t = <C_t, h_t>, h_t = exp(delta_t A) h_{t-1} + x_t B_t, with a fused hand-written backward.
 
-    Inputs are time-major: delta, x: (L, B, D); Bm, C: (L, B, N); A: (D, N). Only h (L, B, D, N)
-    is kept for backward; the decays are recomputed (cheaper than storing a second big tensor).
+    Inputs are time-major: delta, x: (L, B, D); Bm, C: (L, B, N); A: (D, N); h0: (B, D, N) or None
+    (h_{-1}; zero). Only h (L, B, D, N) is kept for backward; the decays are recomputed (cheaper
+    than storing a second big tensor). The last state is differentiable, back to h0.
     Contractions over N go through einsum, which runs them ~4x faster here than batched matmul
     of (D, N) @ (N, 1) per position.
     """
 
     @staticmethod
-    def forward(ctx, delta, A, Bm, C, x, chunk):  # noqa: D102
+    def forward(ctx, delta, A, Bm, C, x, chunk, h0):  # noqa: D102
         L, batch, dim = delta.shape
         n = A.shape[1]
         a = (delta[..., None] * A).exp_()  # (L, B, D, N)
         b = x[..., None] * Bm[:, :, None, :]  # (L, B, D, N), becomes h
+        if h0 is not None:  # h_0 = a_0 h0 + b_0, then the zero-start scan from there
+            b[0].addcmul_(a[0], h0)
         h = _scan_(a.view(L, -1), b.view(L, -1), chunk).view(L, batch, dim, n)
         del a, b
         y = torch.einsum("lbdn,lbn->lbd", h, C)  # (L, B, D)
-        ctx.save_for_backward(delta, A, Bm, C, x, h)
+        ctx.save_for_backward(delta, A, Bm, C, x, h, h0)
         ctx.chunk = chunk
-        last = h[-1].clone()
-        ctx.mark_non_differentiable(last)
-        return y, last
+        ctx.set_materialize_grads(False)
+        return y, h[-1].clone()
 
     @staticmethod
-    def backward(ctx, dy, _dlast):  # noqa: D102
-        delta, A, Bm, C, x, h = ctx.saved_tensors
+    def backward(ctx, dy, dlast):  # noqa: D102
+        delta, A, Bm, C, x, h, h0 = ctx.saved_tensors
         L = delta.shape[0]
-        dy = dy.contiguous()
+        dy = torch.zeros_like(x) if dy is None else dy.contiguous()
         dC = torch.einsum("lbd,lbdn->lbn", dy, h)  # (L, B, N)
         dh = dy[..., None] * C[:, :, None, :]  # (L, B, D, N) gradient reaching h_t from y_t
+        if dlast is not None:
+            dh[-1] += dlast
         # The gradient runs the recurrence backwards: g_t = dh_t + a_{t+1} g_{t+1}.
         a_next = torch.empty_like(h)  # a_{t+1} at t (zero past the end)
         a_next[-1].zero_()
@@ -141,6 +164,11 @@ class _SelectiveScanCore(torch.autograd.Function):
         g = _scan_(a_next.view(L, -1), dh.view(L, -1), ctx.chunk, reverse=True).view_as(h)
         dx = torch.einsum("lbdn,lbn->lbd", g, Bm)  # (L, B, D)
         dB = torch.einsum("lbd,lbdn->lbn", x, g)  # (L, B, N)
+        dh0 = dlog0 = None
+        if h0 is not None:  # h_0 = a_0 h0 + ...: h0 gets a_0 g_0, and delta_0 A gets g_0 a_0 h0
+            a0 = (delta[0, ..., None] * A).exp()  # (B, D, N)
+            dh0 = g[0] * a0
+            dlog0 = dh0 * h0
         # d/d(delta_t A) = g_t * a_t * h_{t-1} for t >= 1 (0 at t = 0), built over a_next's
         # memory: row t-1 of it holds a_t, so dlog_t lands in row t-1.
         dlog = a_next[:-1]
@@ -149,7 +177,10 @@ class _SelectiveScanCore(torch.autograd.Function):
         ddelta = torch.zeros_like(delta)
         ddelta[1:] = (dlog * A).sum(-1)  # (L, B, D)
         dA = (dlog * delta[1:, ..., None]).sum((0, 1))  # (D, N)
-        return ddelta, dA, dB, dC, dx, None
+        if dlog0 is not None:
+            ddelta[0] = (dlog0 * A).sum(-1)
+            dA += (dlog0 * delta[0, ..., None]).sum(0)
+        return ddelta, dA, dB, dC, dx, None, dh0
 
 
 def selective_scan_fast(
@@ -164,12 +195,26 @@ def selective_scan_fast(
     delta_softplus: bool = False,
     return_last_state: bool = False,
     chunk: int = CHUNK,
+    initial_state: Tensor | None = None,
+    segment: int | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Chunked parallel scan, same signature and shapes as `selective_scan_ref`.
 
     Memory: keeps the states, one (L, B, D, N) tensor in the compute dtype, for backward; the
     forward needs one more of that size while it runs (the decays), the backward two.
     """
+    check_segment(segment, u.shape[-1])
+    if segment is not None and segment < u.shape[-1]:  # segments as rows of their own
+        out, last = selective_scan_fast(
+            *(_rows(t, segment) for t in (u, delta)), A, *(_rows(t, segment) for t in (B, C)), D,
+            _rows(z, segment), delta_bias, delta_softplus, True, chunk,
+            None if initial_state is None else initial_state.transpose(1, 2).flatten(0, 1))
+        Bsz, nseg = u.shape[0], u.shape[-1] // segment
+        out = out.view(Bsz, nseg, *out.shape[1:]).transpose(1, 2).flatten(2)  # (B, D, L)
+        last = last.view(Bsz, nseg, *last.shape[1:]).transpose(1, 2)  # (B, D, nseg, N)
+        return (out, last) if return_last_state else out
+    if segment is not None and initial_state is not None:
+        initial_state = initial_state[:, :, 0]  # one segment: (B, D, N)
     dtype_in = u.dtype
     compute = torch.float64 if u.dtype == torch.float64 else torch.float32
     u, delta, B, C = (t.to(compute) for t in (u, delta, B, C))
@@ -183,13 +228,30 @@ def selective_scan_fast(
     x_t = (delta * u).permute(2, 0, 1).contiguous()  # (L, B, D)
     B_t = B.permute(2, 0, 1).contiguous()  # (L, B, N)
     C_t = C.permute(2, 0, 1).contiguous()  # (L, B, N)
-    y, last = _SelectiveScanCore.apply(delta_t, A, B_t, C_t, x_t, chunk)
+    h0 = None if initial_state is None else initial_state.to(compute).contiguous()
+    y, last = _SelectiveScanCore.apply(delta_t, A, B_t, C_t, x_t, chunk, h0)
     y = y.permute(1, 2, 0)  # (B, D, L)
     out = y if D is None else y + u * D.to(compute)[:, None]
     if z is not None:
         out = out * F.silu(z.to(compute))
     out = out.to(dtype_in)
+    if segment is not None:
+        last = last[:, :, None]  # (B, D, 1, N)
     return (out, last) if return_last_state else out
+
+
+def check_segment(segment: int | None, length: int) -> None:
+    """A scan's `segment` must divide its length L (None: no segments)."""
+    if segment is not None and (segment < 1 or length % segment):
+        raise ValueError(f"selective scan: segment {segment} must be >= 1 and divide L = {length}")
+
+
+def _rows(t: Tensor | None, segment: int) -> Tensor | None:
+    """(B, C, L) -> (B * L / segment, C, segment): one row per segment."""
+    if t is None:
+        return None
+    Bsz, ch, L = t.shape
+    return t.reshape(Bsz, ch, L // segment, segment).transpose(1, 2).reshape(-1, ch, segment)
 
 
 def scan_flops(batch: int, d_inner: int, length: int, d_state: int) -> dict[str, int]:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from smdim.model.scan import CHUNK, selective_scan_fast
+from smdim.model.scan import CHUNK, check_segment, selective_scan_fast
 
 log = logging.getLogger(__name__)
 
@@ -81,23 +81,30 @@ def kernel_name() -> str:
 
 
 class _FusedScan(torch.autograd.Function):
-    """The kernel as an autograd op; saves only its inputs (B, C time-major) for backward."""
+    """The kernel as an autograd op; saves only its inputs (B, C time-major) for backward.
+
+    Both outputs are differentiable: a gradient of the last states (absent when unused) flows back
+    through the states, and on to the initial states h0 when they were given. The scan restarts
+    every `seg` positions; h0 and the last states are (B, D, L / seg, N).
+    """
 
     @staticmethod
-    def forward(ctx, kernel, u, delta, A, Bt, Ct, D, z, delta_bias, softplus):  # noqa: D102
-        out, last = kernel.fwd(u, delta, A, Bt, Ct, D, z, delta_bias, softplus)
-        ctx.kernel, ctx.softplus = kernel, softplus
-        ctx.save_for_backward(u, delta, A, Bt, Ct, D, z, delta_bias)
-        ctx.mark_non_differentiable(last)
+    def forward(ctx, kernel, u, delta, A, Bt, Ct, D, z, delta_bias, softplus, h0, seg):  # noqa: D102
+        out, last = kernel.fwd(u, delta, A, Bt, Ct, D, z, delta_bias, h0, softplus, seg)
+        ctx.kernel, ctx.softplus, ctx.seg = kernel, softplus, seg
+        ctx.save_for_backward(u, delta, A, Bt, Ct, D, z, delta_bias, h0)
+        ctx.set_materialize_grads(False)  # an unused last state sends None: no zeros to read
         return out, last
 
     @staticmethod
-    def backward(ctx, dout, _dlast):  # noqa: D102
-        u, delta, A, Bt, Ct, D, z, delta_bias = ctx.saved_tensors
-        du, ddelta, dA, dBt, dCt, dD, dz, dbias = ctx.kernel.bwd(
-            u, delta, A, Bt, Ct, D, z, delta_bias, ctx.softplus, dout.contiguous()
+    def backward(ctx, dout, dlast):  # noqa: D102
+        u, delta, A, Bt, Ct, D, z, delta_bias, h0 = ctx.saved_tensors
+        dout = torch.zeros_like(u) if dout is None else dout.contiguous()
+        du, ddelta, dA, dBt, dCt, dD, dz, dbias, dh0 = ctx.kernel.bwd(
+            u, delta, A, Bt, Ct, D, z, delta_bias, h0, ctx.softplus, ctx.seg, dout,
+            None if dlast is None else dlast.contiguous(),
         )
-        return None, du, ddelta, dA, dBt, dCt, dD, dz, dbias, None
+        return None, du, ddelta, dA, dBt, dCt, dD, dz, dbias, None, dh0, None
 
 
 def selective_scan_cpu(
@@ -112,18 +119,26 @@ def selective_scan_cpu(
     delta_softplus: bool = False,
     return_last_state: bool = False,
     chunk: int = CHUNK,
+    initial_state: Tensor | None = None,
+    segment: int | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Fused CPU scan, same signature and shapes as `selective_scan_ref` / `selective_scan_fast`.
 
     u: (B, D, L); delta: (B, D, L); A: (D, N); B: (B, N, L); C: (B, N, L); D: (D,); z: (B, D, L);
-    delta_bias: (D,). Returns out (B, D, L) [and last_state (B, D, N)]. `chunk` is only used by
-    the fallback (`selective_scan_fast`, when the kernel is unavailable or inputs are not on CPU).
+    delta_bias: (D,); initial_state: (B, D, N) (None = zero). Returns out (B, D, L) [and
+    last_state (B, D, N), differentiable]. With `segment` the scan restarts every `segment`
+    positions and initial_state, last_state are (B, D, L / segment, N), one per segment. `chunk`
+    is only used by the fallback (`selective_scan_fast`, when the kernel is unavailable or inputs
+    are not on CPU).
     """
-    n = A.shape[1]
+    n, L = A.shape[1], u.shape[-1]
+    check_segment(segment, L)
     kernel = load_kernel() if u.device.type == "cpu" and n <= MAX_STATE else None
     if kernel is None:
         return selective_scan_fast(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                   return_last_state, chunk)
+                                   return_last_state, chunk, initial_state, segment)
+    if initial_state is not None and segment is None:
+        initial_state = initial_state[:, :, None]  # one segment
     dtype_in = u.dtype
     compute = torch.float64 if u.dtype == torch.float64 else torch.float32
 
@@ -139,7 +154,10 @@ def selective_scan_cpu(
         out, last = _FusedScan.apply(
             kernel, prep(u), prep(delta), prep(A, pad),
             prep(B.transpose(1, 2), pad), prep(C.transpose(1, 2), pad),  # (B, L, N): time-major
-            prep(D), prep(z), prep(delta_bias), bool(delta_softplus),
+            prep(D), prep(z), prep(delta_bias), bool(delta_softplus), prep(initial_state, pad),
+            L if segment is None else segment,
         )
     out, last = out.to(dtype_in), last[..., :n]
+    if segment is None:
+        last = last[:, :, 0]
     return (out, last) if return_last_state else out

@@ -3,6 +3,8 @@
 //
 //   dt_l = softplus(delta_l + delta_bias)   (or delta_l + delta_bias)
 //   h_l  = exp(dt_l A) * h_{l-1} + dt_l u_l B_l          per channel d, state width N
+//   h_{-1} = h0 (an optional initial state; zero without one)
+// optionally in segments: the recurrence restarts every `seg` positions, from that segment's h0.
 //   out_l = (<C_l, h_l> + D u_l) * silu(z_l)
 //
 // One pass over L per (batch, channel) with the N-wide state in vector registers: N is split into
@@ -11,7 +13,10 @@
 // auto-vectoriser. The backward recomputes one channel's decays and states into a per-thread
 // scratch of (L + 1) x N (cache-resident), then runs the recurrence in reverse: nothing of size
 // (L, D, N) is ever allocated. Work is split over batch x channels with at::parallel_for
-// (OpenMP, honours torch.set_num_threads). The caller pads N to a multiple of 8 with A = B = C = 0
+// (OpenMP, honours torch.set_num_threads). The last states are differentiable: the backward takes
+// their gradient (dlast) and returns the initial states' (dh0), so scans can be chained, as block
+// diffusion's block-causal Mamba does with one segment per block (smdim/model/block_mamba.py):
+// many short scans in one long row, without a short row's fixed costs. The caller pads N to a multiple of 8 with A = B = C = 0
 // (those states stay 0 and get zero gradients).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -161,6 +166,8 @@ static inline void map_row(int64_t L, const T* __restrict in, T add, T* __restri
 template <typename T>
 struct Inputs {
   const T *u, *delta, *A, *B, *C, *D, *z, *bias;  // D, z, bias: nullptr when absent
+  const T* h0;  // (batch, dim, nseg, N) initial states; nullptr = zero
+  int64_t seg, nseg;  // the scan restarts every seg positions: nseg = ceil(L / seg) segments
   int64_t batch, dim, L, N;
   bool softplus;
 };
@@ -175,47 +182,55 @@ static inline void row_dt(const Inputs<T>& p, const T* __restrict dl, T bias, T*
     map_row(p.L, dl, bias, dts, [](V x) { return x; });
 }
 
-// Forward of one (b, d) row: out (L,) and the last state (N,). dts: (L,) scratch.
+// Forward of one (b, d) row: out (L,) and each segment's last state (nseg, N). dts: (L,) scratch.
 template <typename T, int NV>
 void forward_row(const Inputs<T>& p, int64_t b, int64_t d, T* __restrict out, T* __restrict last,
                  T* __restrict dts) {
   typedef typename Pack<T>::V V;
   constexpr int W = Pack<T>::W;
   const int64_t N = NV * W, L = p.L, row = (b * p.dim + d) * L;
+  const int64_t srow = (b * p.dim + d) * p.nseg * N;  // this row's (nseg, N) states
   const T* __restrict u = p.u + row;
   const T* __restrict Bm = p.B + b * L * N;  // (L, N)
   const T* __restrict Cm = p.C + b * L * N;  // (L, N)
   const T Dd = p.D ? p.D[d] : T(0);
   row_dt(p, p.delta + row, p.bias ? p.bias[d] : T(0), dts);
   V A[NV], h[NV];
-  for (int j = 0; j < NV; ++j) A[j] = load<V>(p.A + d * N + j * W), h[j] = V{};
-  for (int64_t l = 0; l < L; ++l) {
-    const T dt = dts[l], x = dt * u[l];
-    V y = V{};
-    for (int j = 0; j < NV; ++j) {
-      h[j] = exp_pack(A[j] * dt) * h[j] + load<V>(Bm + l * N + j * W) * x;
-      y += h[j] * load<V>(Cm + l * N + j * W);
+  for (int j = 0; j < NV; ++j) A[j] = load<V>(p.A + d * N + j * W);
+  for (int64_t s = 0; s < p.nseg; ++s) {
+    for (int j = 0; j < NV; ++j) h[j] = p.h0 ? load<V>(p.h0 + srow + s * N + j * W) : V{};
+    for (int64_t l = s * p.seg, l1 = std::min(L, l + p.seg); l < l1; ++l) {
+      const T dt = dts[l], x = dt * u[l];
+      V y = V{};
+      for (int j = 0; j < NV; ++j) {
+        h[j] = exp_pack(A[j] * dt) * h[j] + load<V>(Bm + l * N + j * W) * x;
+        y += h[j] * load<V>(Cm + l * N + j * W);
+      }
+      out[row + l] = hsum(y) + Dd * u[l];
     }
-    out[row + l] = hsum(y) + Dd * u[l];
+    for (int j = 0; j < NV; ++j) store(last + srow + s * N + j * W, h[j]);
   }
   if (p.z) {  // out *= silu(z), via dts (free now) for the silu values
     map_row(L, p.z + row, T(0), dts, [](V zv) { return zv * sigmoid_pack(zv); });
     for (int64_t l = 0; l < L; ++l) out[row + l] *= dts[l];
   }
-  for (int j = 0; j < NV; ++j) store(last + (b * p.dim + d) * N + j * W, h[j]);
 }
 
 // Backward of one (b, d) row. dB_acc, dC_acc: (L, N) sums over this task's channels.
-// hs: (L + 1, N) states with a zero row first; as: (L, N) decays; ys, dts: (L,) scratch.
+// hs: (L + 1, N) scratch, row l + 1 = h_l; as: (L, N) decays; ys, dts: (L,) scratch.
+// dlast: (batch, dim, nseg, N) gradient of the segments' last states or nullptr; dh0: the same
+// shape, written when not nullptr.
 template <typename T, int NV>
 void backward_row(const Inputs<T>& p, int64_t b, int64_t d, const T* __restrict dout,
                   T* __restrict du, T* __restrict ddelta, T* __restrict dz, T* __restrict dA_part,
                   T* __restrict dD_part, T* __restrict dB_acc, T* __restrict dC_acc,
+                  const T* __restrict dlast, T* __restrict dh0,
                   T* __restrict hs, T* __restrict as, T* __restrict ys, T* __restrict dts,
                   T* __restrict sz, T* __restrict sd) {
   typedef typename Pack<T>::V V;
   constexpr int W = Pack<T>::W;
   const int64_t N = NV * W, L = p.L, row = (b * p.dim + d) * L;
+  const int64_t srow = (b * p.dim + d) * p.nseg * N;  // this row's (nseg, N) of h0, dlast, dh0
   const T* __restrict u = p.u + row;
   const T* __restrict Bm = p.B + b * L * N;
   const T* __restrict Cm = p.C + b * L * N;
@@ -225,52 +240,64 @@ void backward_row(const Inputs<T>& p, int64_t b, int64_t d, const T* __restrict 
   if (p.softplus)  // softplus'(x) = sigmoid(x), 1 past the threshold
     map_row(L, p.delta + row, bias, sd, [](V x) { return x > 20.0 ? V{} + 1.0 : sigmoid_pack(x); });
   V A[NV], h[NV];
-  for (int j = 0; j < NV; ++j) A[j] = load<V>(p.A + d * N + j * W), h[j] = V{};
+  for (int j = 0; j < NV; ++j) A[j] = load<V>(p.A + d * N + j * W);
   // Pass 1: recompute decays and states (the same arithmetic as the forward).
-  for (int j = 0; j < NV; ++j) store(hs + j * W, V{});
-  for (int64_t l = 0; l < L; ++l) {
-    const T dt = dts[l], x = dt * u[l];
-    V y = V{};
-    for (int j = 0; j < NV; ++j) {
-      const V a = exp_pack(A[j] * dt);
-      store(as + l * N + j * W, a);
-      h[j] = a * h[j] + load<V>(Bm + l * N + j * W) * x;
-      store(hs + (l + 1) * N + j * W, h[j]);
-      y += h[j] * load<V>(Cm + l * N + j * W);
+  for (int64_t s = 0; s < p.nseg; ++s) {
+    for (int j = 0; j < NV; ++j) h[j] = p.h0 ? load<V>(p.h0 + srow + s * N + j * W) : V{};
+    for (int64_t l = s * p.seg, l1 = std::min(L, l + p.seg); l < l1; ++l) {
+      const T dt = dts[l], x = dt * u[l];
+      V y = V{};
+      for (int j = 0; j < NV; ++j) {
+        const V a = exp_pack(A[j] * dt);
+        store(as + l * N + j * W, a);
+        h[j] = a * h[j] + load<V>(Bm + l * N + j * W) * x;
+        store(hs + (l + 1) * N + j * W, h[j]);
+        y += h[j] * load<V>(Cm + l * N + j * W);
+      }
+      ys[l] = hsum(y);
     }
-    ys[l] = hsum(y);
   }
-  // Pass 2: g = dLoss/dh_l runs backwards, g_l = dy_l C_l + a_{l+1} g_{l+1}.
+  // Pass 2: g = dLoss/dh_l runs backwards, g_l = dy_l C_l + a_{l+1} g_{l+1} inside a segment;
+  // a segment's last state starts g at dlast, and its first position's a_l g_l is dh0.
   V g[NV], dA[NV];
-  for (int j = 0; j < NV; ++j) g[j] = dA[j] = V{};
+  for (int j = 0; j < NV; ++j) dA[j] = V{};
   T dD = T(0);
-  for (int64_t l = L - 1; l >= 0; --l) {
-    const T dt = dts[l], ul = u[l];
-    T dy = dout[row + l];
-    if (p.z) {
-      const T zl = p.z[row + l], s = sz[l];
-      dz[row + l] = dy * (ys[l] + Dd * ul) * s * (T(1) + zl * (T(1) - s));
-      dy *= zl * s;
+  for (int64_t s = p.nseg - 1; s >= 0; --s) {
+    const int64_t l0 = s * p.seg;
+    // h_{l0-1}: the segment's initial state (nullptr = zero)
+    const T* __restrict first = p.h0 ? p.h0 + srow + s * N : nullptr;
+    for (int j = 0; j < NV; ++j) g[j] = dlast ? load<V>(dlast + srow + s * N + j * W) : V{};
+    for (int64_t l = std::min(L, l0 + p.seg) - 1; l >= l0; --l) {
+      const T dt = dts[l], ul = u[l];
+      T dy = dout[row + l];
+      if (p.z) {
+        const T zl = p.z[row + l], sg = sz[l];
+        dz[row + l] = dy * (ys[l] + Dd * ul) * sg * (T(1) + zl * (T(1) - sg));
+        dy *= zl * sg;
+      }
+      dD += dy * ul;
+      const T x = dt * ul;
+      const T* __restrict prev = l > l0 ? hs + l * N : first;  // h_{l-1}
+      V sBg = V{}, ddt = V{};
+      for (int j = 0; j < NV; ++j) {
+        const int64_t o = l * N + j * W;
+        const V gn = g[j] + load<V>(Cm + o) * dy;
+        store(dC_acc + o, load<V>(dC_acc + o) + load<V>(hs + o + N) * dy);
+        store(dB_acc + o, load<V>(dB_acc + o) + gn * x);
+        sBg += gn * load<V>(Bm + o);
+        const V a = load<V>(as + o);
+        const V dlog = gn * (prev ? load<V>(prev + j * W) : V{}) * a;  // d loss / d (dt_l A_n)
+        ddt += dlog * A[j];
+        dA[j] += dlog * dt;
+        g[j] = gn * a;
+      }
+      const T sB = hsum(sBg);
+      du[row + l] = dy * Dd + sB * dt;
+      T ddt_l = hsum(ddt) + sB * ul;
+      ddelta[row + l] = p.softplus ? ddt_l * sd[l] : ddt_l;
     }
-    dD += dy * ul;
-    const T x = dt * ul;
-    V sBg = V{}, ddt = V{};
-    for (int j = 0; j < NV; ++j) {
-      const int64_t o = l * N + j * W;
-      const V gn = g[j] + load<V>(Cm + o) * dy;
-      store(dC_acc + o, load<V>(dC_acc + o) + load<V>(hs + o + N) * dy);
-      store(dB_acc + o, load<V>(dB_acc + o) + gn * x);
-      sBg += gn * load<V>(Bm + o);
-      const V a = load<V>(as + o);
-      const V dlog = gn * load<V>(hs + o) * a;  // d loss / d (dt_l A_n)
-      ddt += dlog * A[j];
-      dA[j] += dlog * dt;
-      g[j] = gn * a;
-    }
-    const T sB = hsum(sBg);
-    du[row + l] = dy * Dd + sB * dt;
-    T ddt_l = hsum(ddt) + sB * ul;
-    ddelta[row + l] = p.softplus ? ddt_l * sd[l] : ddt_l;
+    if (dh0)  // g is now dLoss/dh_{l0-1}, the segment's initial state
+      for (int j = 0; j < NV; ++j) store(dh0 + srow + s * N + j * W, g[j]);
   }
   for (int j = 0; j < NV; ++j) store(dA_part + (b * p.dim + d) * N + j * W, dA[j]);
   dD_part[b * p.dim + d] = dD;
@@ -280,7 +307,8 @@ template <typename T>
 Inputs<T> make_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                       const at::Tensor& B, const at::Tensor& C,
                       const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
-                      const std::optional<at::Tensor>& bias, bool softplus) {
+                      const std::optional<at::Tensor>& bias,
+                      const std::optional<at::Tensor>& h0, bool softplus, int64_t seg) {
   Inputs<T> p;
   p.u = u.data_ptr<T>();
   p.delta = delta.data_ptr<T>();
@@ -290,11 +318,14 @@ Inputs<T> make_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Te
   p.D = D ? D->data_ptr<T>() : nullptr;
   p.z = z ? z->data_ptr<T>() : nullptr;
   p.bias = bias ? bias->data_ptr<T>() : nullptr;
+  p.h0 = h0 ? h0->data_ptr<T>() : nullptr;
   p.batch = u.size(0);
   p.dim = u.size(1);
   p.L = u.size(2);
   p.N = A.size(1);
   p.softplus = softplus;
+  p.seg = seg;
+  p.nseg = (p.L + seg - 1) / seg;
   return p;
 }
 
@@ -302,8 +333,11 @@ constexpr int64_t kMaxState = 64;  // N up to 64 (8 packs of floats); mamba uses
 
 void check(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
            const at::Tensor& C, const std::optional<at::Tensor>& D,
-           const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& bias) {
+           const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& bias,
+           const std::optional<at::Tensor>& h0, int64_t seg) {
   const auto batch = u.size(0), dim = u.size(1), L = u.size(2), N = A.size(1);
+  TORCH_CHECK(seg >= 1 && L >= 1, "selective_scan_cpu: segment ", seg, " and L ", L, " must be >= 1");
+  const int64_t nseg = (L + seg - 1) / seg;
   TORCH_CHECK(N % 8 == 0 && N <= kMaxState, "selective_scan_cpu: d_state ", N,
               " must be a multiple of 8 (pad it) and at most ", kMaxState);
   auto same = [&](const at::Tensor& t, at::IntArrayRef shape, const char* name) {
@@ -320,6 +354,7 @@ void check(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, co
   if (D) same(*D, {dim}, "D (D,)");
   if (z) same(*z, {batch, dim, L}, "z (B, D, L)");
   if (bias) same(*bias, {dim}, "delta_bias (D,)");
+  if (h0) same(*h0, {batch, dim, nseg, N}, "initial_state (B, D, nseg, N)");
 }
 
 // Calls f(std::integral_constant<int, NV>) for the pack count of N (N / W, 1..16).
@@ -349,18 +384,20 @@ int64_t grain_rows(int64_t L, int64_t N) {
 
 }  // namespace
 
-// u, delta, z: (B, D, L); A: (D, N); B, C: (B, L, N) (time-major state inputs); D, delta_bias: (D,).
-// Returns {out (B, D, L), last_state (B, D, N)}.
+// u, delta, z: (B, D, L); A: (D, N); B, C: (B, L, N) (time-major state inputs); D, delta_bias: (D,);
+// h0: (B, D, nseg, N), nseg = ceil(L / seg). Returns {out (B, D, L), last states (B, D, nseg, N)}.
 std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                  const at::Tensor& B, const at::Tensor& C,
                                  const std::optional<at::Tensor>& D,
                                  const std::optional<at::Tensor>& z,
-                                 const std::optional<at::Tensor>& bias, bool softplus) {
-  check(u, delta, A, B, C, D, z, bias);
+                                 const std::optional<at::Tensor>& bias,
+                                 const std::optional<at::Tensor>& h0, bool softplus, int64_t seg) {
+  check(u, delta, A, B, C, D, z, bias, h0, seg);
   auto out = at::empty_like(u);
-  auto last = at::empty({u.size(0), u.size(1), A.size(1)}, u.options());
+  const int64_t nseg = (u.size(2) + seg - 1) / seg;
+  auto last = at::empty({u.size(0), u.size(1), nseg, A.size(1)}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_fwd", [&] {
-    const auto p = make_inputs<scalar_t>(u, delta, A, B, C, D, z, bias, softplus);
+    const auto p = make_inputs<scalar_t>(u, delta, A, B, C, D, z, bias, h0, softplus, seg);
     scalar_t* o = out.data_ptr<scalar_t>();
     scalar_t* s = last.data_ptr<scalar_t>();
     with_packs<scalar_t>(p.N, [&](auto nv) {
@@ -374,18 +411,24 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& delta, c
   return {out, last};
 }
 
-// Same inputs plus dout (B, D, L). Returns {du, ddelta, dA, dB (B, L, N), dC (B, L, N), dD, dz,
-// ddelta_bias}; the last three are undefined tensors (None) when D, z, delta_bias are absent.
+// Same inputs plus dout (B, D, L) and dlast (B, D, nseg, N) (absent = zero). Returns {du, ddelta, dA,
+// dB (B, L, N), dC (B, L, N), dD, dz, ddelta_bias, dh0}; the last four are undefined tensors
+// (None) when D, z, delta_bias, h0 are absent.
 std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                  const at::Tensor& B, const at::Tensor& C,
                                  const std::optional<at::Tensor>& D,
                                  const std::optional<at::Tensor>& z,
-                                 const std::optional<at::Tensor>& bias, bool softplus,
-                                 const at::Tensor& dout) {
-  check(u, delta, A, B, C, D, z, bias);
+                                 const std::optional<at::Tensor>& bias,
+                                 const std::optional<at::Tensor>& h0, bool softplus, int64_t seg,
+                                 const at::Tensor& dout, const std::optional<at::Tensor>& dlast) {
+  check(u, delta, A, B, C, D, z, bias, h0, seg);
+  const int64_t nseg = (u.size(2) + seg - 1) / seg;
   TORCH_CHECK(dout.is_contiguous() && dout.sizes() == u.sizes() &&
                   dout.scalar_type() == u.scalar_type(),
               "selective_scan_cpu: dout must be contiguous, shaped and typed like u");
+  TORCH_CHECK(!dlast || (dlast->is_contiguous() && dlast->scalar_type() == u.scalar_type() &&
+                         dlast->sizes() == at::IntArrayRef({u.size(0), u.size(1), nseg, A.size(1)})),
+              "selective_scan_cpu: dlast must be contiguous, (B, D, nseg, N) and typed like u");
   const int64_t batch = u.size(0), dim = u.size(1), L = u.size(2), N = A.size(1);
   // Tasks are (batch row, group of channels); each group sums its channels' dB, dC into its own
   // slice, so no two threads write the same memory. Groups only where the batch cannot be split
@@ -398,13 +441,16 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
   auto dD_part = at::empty({batch, dim}, u.options());
   auto dB_part = at::zeros({batch, groups, L, N}, u.options());
   auto dC_part = at::zeros({batch, groups, L, N}, u.options());
+  auto dh0 = h0 ? at::empty({batch, dim, nseg, N}, u.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_bwd", [&] {
-    const auto p = make_inputs<scalar_t>(u, delta, A, B, C, D, z, bias, softplus);
+    const auto p = make_inputs<scalar_t>(u, delta, A, B, C, D, z, bias, h0, softplus, seg);
     const scalar_t* go = dout.data_ptr<scalar_t>();
     scalar_t *pdu = du.data_ptr<scalar_t>(), *pdd = ddelta.data_ptr<scalar_t>();
     scalar_t* pdz = z ? dz.data_ptr<scalar_t>() : nullptr;
     scalar_t *pdA = dA_part.data_ptr<scalar_t>(), *pdD = dD_part.data_ptr<scalar_t>();
     scalar_t *pdB = dB_part.data_ptr<scalar_t>(), *pdC = dC_part.data_ptr<scalar_t>();
+    const scalar_t* pdl = dlast ? dlast->data_ptr<scalar_t>() : nullptr;
+    scalar_t* pdh0 = h0 ? dh0.data_ptr<scalar_t>() : nullptr;
     with_packs<scalar_t>(N, [&](auto nv) {
       at::parallel_for(0, batch * groups, 1, [&](int64_t begin, int64_t end) {
         std::vector<scalar_t> hs((L + 1) * N), as(L * N), ys(L), dts(L), sz(L), sd(L);
@@ -414,7 +460,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
           for (int64_t d = d0; d < d1; ++d)
             backward_row<scalar_t, decltype(nv)::value>(
                 p, b, d, go, pdu, pdd, pdz, pdA, pdD, pdB + task * L * N, pdC + task * L * N,
-                hs.data(), as.data(), ys.data(), dts.data(), sz.data(), sd.data());
+                pdl, pdh0, hs.data(), as.data(), ys.data(), dts.data(), sz.data(), sd.data());
         }
       });
     });
@@ -426,7 +472,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
   // (seen on a GPU machine's g++); the same reduction, so the same bits as before.
   const std::vector<int64_t> batch_and_length{0, 2};
   auto dbias = bias ? ddelta.sum(batch_and_length) : at::Tensor();
-  return {du, ddelta, dA_part.sum(0), dB, dC, dD, dz, dbias};
+  return {du, ddelta, dA_part.sum(0), dB, dC, dD, dz, dbias, dh0};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
