@@ -7,7 +7,6 @@ import csv
 import math
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 import torch
 from conftest import run, tool_env
 from torch import nn
+from torch.distributed import TCPStore
 
 from smdim.config import build
 from smdim.errors import SmdimError
@@ -218,17 +218,24 @@ def test_two_nodes_rendezvous_on_localhost(make_project, tokens_dir):
     proj = project(make_project, tokens_dir, "nodes", {"train": {"steps": 3, "checkpoint_every": 3,
                                                                 "eval_every": 3, "log_every": 1}})
     (proj / "train_and_dump.py").write_text(_DUMP_EACH_RANK)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # The test hosts the rendezvous store, as the first machine's launcher would. With both
+    # launchers on one host, each would try to host it; the one that did could exit while the other
+    # still waited on it, and once (in a full suite run) the other hung for 300 s.
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     # The command the README gives for two machines, with both "machines" on 127.0.0.1.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "smdim-test",
-           "train_and_dump.py"]
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{store.port}", "--rdzv-id", "smdim-test",
+           "--rdzv-conf", "is_host=false", "train_and_dump.py"]
     nodes = [subprocess.Popen(cmd, cwd=proj, env=tool_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     try:
         outputs = [n.communicate(timeout=300)[0] for n in nodes]
+    except subprocess.TimeoutExpired:  # say where each launcher stopped, not just that it did
+        for n in nodes:
+            n.kill()
+        outputs = [n.communicate()[0] for n in nodes]
+        pytest.fail("the two launchers did not finish in 300 s; their output:\n"
+                    + "\n---\n".join(o[-3000:] for o in outputs))
     finally:
         for n in nodes:
             n.kill()
