@@ -31,6 +31,7 @@ from torch import Tensor
 from smdim.model.attention import rotary
 from smdim.model.block_mamba import block_causal_mamba
 from smdim.model.refine import TokenRefiner
+from smdim.model.strided import strided_conv, transposed_conv
 
 
 def block_attention_mask(Ls: int, cb: int, key_mask: Tensor | None, device) -> Tensor:
@@ -77,8 +78,6 @@ def block_forward(net, x_t: Tensor, x0: Tensor, pad_mask: Tensor | None, collect
     """Logits (B, L, V) for x_t (B, L) given the clean window x0 (B, L); `net` is a Denoiser with
     cfg.block_diffusion = N. A length that is not a multiple of N is padded on the right (padding
     is a later block, which no earlier one reads) and the logits cropped."""
-    from smdim.model.denoiser import strided_conv, transposed_conv  # a cycle at import time
-
     cfg = net.cfg
     B, L = x_t.shape
     N, s = cfg.block_diffusion, cfg.stride

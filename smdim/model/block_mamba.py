@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from smdim.model.mamba import BiMamba, Mamba
+from smdim.model.mamba import BiMamba, Mamba, depthwise_conv
 from smdim.model.scan_cpu import selective_scan_cpu
 
 
@@ -53,12 +53,9 @@ def blockwise(m: Mamba, hidden: Tensor, Ls: int, cb: int, chained: bool) -> Tens
     else:
         left = x.new_zeros(B, di, 2 * nb, K - 1)
     window = torch.cat([left, x.reshape(B, di, 2 * nb, cb)], dim=-1)  # (B, di, 2nb, K-1+cb)
-    w = m.conv1d.weight[:, 0]  # (di, K)
-    conv = sum(window[..., k:k + cb] * w[:, k, None, None] for k in range(K))  # (B, di, 2nb, cb)
-    u = F.silu(conv.reshape(B, di, 2 * Ls) + m.conv1d.bias[:, None])  # (B, di, 2Ls)
-    dt, Bm, Cm = torch.split(m.x_proj(u.transpose(1, 2)), [m.dt_rank, m.d_state, m.d_state], dim=-1)
-    dt = (dt @ m.dt_proj.weight.T).transpose(1, 2)  # (B, di, 2Ls); bias goes in the scan
-    Bm, Cm = Bm.transpose(1, 2), Cm.transpose(1, 2)  # (B, N, 2Ls)
+    conv = depthwise_conv(window, m.conv1d.weight, m.conv1d.bias)  # (B, di, 2nb, cb)
+    u = F.silu(conv.reshape(B, di, 2 * Ls))  # (B, di, 2Ls)
+    dt, Bm, Cm = m.ssm_inputs(u)  # (B, di, 2Ls), (B, N, 2Ls) x 2
     A = -torch.exp(m.A_log.float())  # (di, N)
     bias = m.dt_proj.bias.float()
     h0 = None

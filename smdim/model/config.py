@@ -46,8 +46,8 @@ class ModelConfig:
     self_cond: bool = False
     # diffusion: block diffusion (BD3-LM, Arriola et al. 2025) with blocks of this many tokens; the
     # blocks are denoised left to right, each reading the clean blocks before it and nothing after
-    # (smdim.model.block_causal). Attention sublayers only (block: transformer); 0 = off, one
-    # bidirectional window (SMDIM)
+    # (smdim.model.block_causal; any block: Mamba runs block-causally, smdim.model.block_mamba);
+    # 0 = off, one bidirectional window (SMDIM)
     block_diffusion: int = 0
     scan_chunk: int = 32  # chunk of the fallback chunked scan (no C++ compiler, non-CPU); speed only
 

@@ -36,6 +36,7 @@ from smdim.model.block_causal import block_forward
 from smdim.model.blocks import Block
 from smdim.model.config import ModelConfig
 from smdim.model.refine import TokenRefiner
+from smdim.model.strided import strided_conv, transposed_conv
 
 
 def time_embedding(t: Tensor, dim: int) -> Tensor:
@@ -172,24 +173,6 @@ class StreamState:
     layers: list[list[dict]] = field(default_factory=list)  # per block, per sublayer: its state
     refine: list[Tensor | None] = field(default_factory=list)  # per refinement layer: its last kernel - 1 inputs
     collection: Tensor | None = None  # (B,) or scalar collection indices (model.collection_cond; None = "none")
-
-
-# Both convolutions have kernel == stride, so they are reshapes around one matmul; written that
-# way because CPU autograd of Conv1d/ConvTranspose1d is far slower than a Linear of the same size.
-def strided_conv(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """Conv1d with kernel = stride = s on (B, Ls*s, Din) -> (B, Ls, Dout); weight (Dout, Din, s)."""
-    B, Lp, Din = h.shape
-    s = weight.shape[-1]
-    windows = h.view(B, Lp // s, s, Din).transpose(2, 3).reshape(B, Lp // s, Din * s)
-    return F.linear(windows, weight.reshape(weight.shape[0], Din * s), bias)
-
-
-def transposed_conv(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """ConvTranspose1d with kernel = stride = s: (B, Ls, Din) -> (B, Ls*s, Dout); weight (Din, Dout, s)."""
-    B, Ls, Din = h.shape
-    Dout, s = weight.shape[1], weight.shape[2]
-    out = (h @ weight.reshape(Din, Dout * s)).view(B, Ls, Dout, s).transpose(2, 3)  # (B, Ls, s, Dout)
-    return out.reshape(B, Ls * s, Dout) + bias
 
 
 def _right_padded_lengths(pad_mask: Tensor | None) -> Tensor | None:

@@ -97,11 +97,7 @@ class Mamba(nn.Module):
             )
         x, z = xz.chunk(2, dim=1)  # (B, d_inner, L) each
         x = F.silu(causal_depthwise_conv(x, self.conv1d.weight, self.conv1d.bias))
-        x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2*d_state)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = (dt @ self.dt_proj.weight.T).transpose(1, 2)  # (B, d_inner, L); bias goes in the scan
-        B = B.transpose(1, 2).contiguous()  # (B, d_state, L)
-        C = C.transpose(1, 2).contiguous()  # (B, d_state, L)
+        dt, B, C = self.ssm_inputs(x)
         kwargs = dict(z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
         if on_gpu_kernels:
             # mamba_ssm's kernel wants u, delta, B, C, z in one dtype; under bf16 autocast the
@@ -113,6 +109,14 @@ class Mamba(nn.Module):
         else:  # the fused C++ kernel; the chunked PyTorch scan where it is unavailable or off-CPU
             y = selective_scan_cpu(x, dt, A, B, C, self.D.float(), chunk=self.chunk, **kwargs)
         return self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
+
+    def ssm_inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The scan's dt (B, d_inner, L) (its bias goes in the scan), B and C (B, d_state, L), from
+        the conv's output x (B, d_inner, L)."""
+        x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2*d_state)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (dt @ self.dt_proj.weight.T).transpose(1, 2)  # (B, d_inner, L)
+        return dt, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
 
     def step(self, hidden: Tensor, state: dict[str, Tensor]) -> Tensor:
         """One new position: (B, d_model) -> (B, d_model), the recurrence of `forward` for one token.
@@ -145,17 +149,24 @@ class Mamba(nn.Module):
 
 
 def causal_depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """Same as conv1d(x, weight, bias, padding=K-1, groups=D)[..., :L]; x: (B, D, L), weight: (D, 1, K).
+    """Same as conv1d(x, weight, bias, padding=K-1, groups=D)[..., :L]; x: (B, D, L), weight: (D, 1, K)."""
+    K = weight.shape[-1]
+    return depthwise_conv(F.pad(x, (K - 1, 0)), weight, bias)  # zeros before the start: causal
+
+
+def depthwise_conv(xp: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """The K-tap depthwise conv over the last dim of already padded windows, without more padding:
+    xp (B, D, ..., L + K - 1) -> (B, D, ..., L); weight (D, 1, K), bias (D,).
 
     Written as K shifted multiply-adds because CPU autograd of a grouped Conv1d is ~10x slower.
     """
-    L, K = x.shape[-1], weight.shape[-1]
-    xp = F.pad(x, (K - 1, 0))  # (B, D, L + K - 1): zeros before the start keep it causal
-    w = weight[:, 0, :]  # (D, K)
-    out = xp[..., 0:L] * w[:, 0, None]
+    K = weight.shape[-1]
+    L = xp.shape[-1] - K + 1
+    w = weight[:, 0, :].reshape(weight.shape[0], *([1] * (xp.dim() - 3)), K)  # (D, 1.., K)
+    out = xp[..., 0:L] * w[..., 0, None]
     for k in range(1, K):
-        out = out + xp[..., k : k + L] * w[:, k, None]
-    return out if bias is None else out + bias[:, None]
+        out = out + xp[..., k : k + L] * w[..., k, None]
+    return out if bias is None else out + bias.reshape(-1, *([1] * (xp.dim() - 2)))
 
 
 def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
