@@ -220,6 +220,23 @@ def test_fused_in_bf16_autocast(kernel):
     torch.testing.assert_close(out_bf16.float(), ref_low, rtol=1e-2, atol=1e-2)
 
 
+def test_one_kernel_build_serves_every_copy_of_the_source(monkeypatch, tmp_path):
+    """Clones, test projects and `dvc exp` workspaces each hold the kernel's source at their own
+    path; the build is keyed on its text and compiles a staged copy, so they share one build."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "cache"))
+    name, _ = scan_cpu._build_flags()
+    build, staged = scan_cpu._staged_source(name)
+    copy = tmp_path / "clone" / "selective_scan_cpu.cpp"
+    copy.parent.mkdir()
+    shutil.copyfile(scan_cpu.SOURCE, copy)
+    monkeypatch.setattr(scan_cpu, "SOURCE", copy)
+    assert scan_cpu._build_flags()[0] == name
+    assert scan_cpu._staged_source(name) == (build, staged) == (tmp_path / "cache" / name, build / copy.name)
+    assert staged.read_bytes() == copy.read_bytes()
+    copy.write_text(copy.read_text() + "\n// edited\n")  # another text is another build
+    assert scan_cpu._build_flags()[0] != name
+
+
 @pytest.mark.parametrize("failure", ["build_fails", "no_compiler"])
 def test_fused_falls_back_with_one_warning(monkeypatch, caplog, failure):
     """Where the kernel cannot be built, the chunked scan runs and one warning says so."""

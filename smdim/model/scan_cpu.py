@@ -6,10 +6,12 @@ state in registers, and its backward recomputes the states of one channel at a t
 per-thread scratch, so nothing of size (L, D, N) is saved or allocated. It is compiled with
 torch.utils.cpp_extension (g++, -O3, AVX2+FMA when torch reports that CPU capability, never
 -march=native or AVX-512) into torch's extension cache ($TORCH_EXTENSIONS_DIR, default
-~/.cache/torch_extensions); cpp_extension's file lock makes a first use from several processes at
-once safe (one builds, the others wait and load; a build killed midway leaves a `lock` file in
-that directory, which must be deleted before the next try). Where it cannot be built or loaded (no
-compiler, say) one warning is logged and the chunked PyTorch scan `selective_scan_fast` runs.
+~/.cache/torch_extensions), one build per source text, shared by every copy of the project (clones,
+test projects, `dvc exp` workspaces). cpp_extension's file lock makes a first use from several
+processes at once safe (one builds, the others wait and load; a build killed midway leaves a `lock`
+file in that directory, which must be deleted before the next try). Where it cannot be built or
+loaded (no compiler, say) one warning is logged and the chunked PyTorch scan `selective_scan_fast`
+runs.
 
 Dtypes: computes in float32 (float64 for float64 inputs, as the tests use) and returns `out` in
 u's dtype, exactly as `selective_scan_fast` and `selective_scan_ref` do; inside a bf16 CPU autocast
@@ -47,11 +49,31 @@ def _build_flags() -> tuple[str, list[str]]:
     name = "smdim_selective_scan"
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
         name, flags = name + "_avx2", flags + ["-mavx2", "-mfma"]
-    # One build directory per (source file, torch install, flags): two clones or venvs sharing
-    # the cache would otherwise rebuild over each other's build on every alternate use (~40 s).
-    key = hashlib.sha256("\0".join([str(SOURCE.resolve()), torch.__file__, torch.__version__, *flags])
-                         .encode()).hexdigest()[:10]
+    # One build per (source text, torch install, flags). The source's text, not its path: every
+    # clone, test project and `dvc exp` workspace holds a copy at its own path, and keying on the
+    # path rebuilt the kernel (~30 s) in each of them.
+    key = hashlib.sha256("\0".join([SOURCE.read_text(encoding="utf-8"), torch.__file__,
+                                     torch.__version__, *flags]).encode()).hexdigest()[:10]
     return f"{name}_{key}", flags
+
+
+def _staged_source(name: str) -> tuple[Path, Path]:
+    """The build directory for `name` and a copy of SOURCE inside it, written once (atomically).
+
+    cpp_extension writes the source's path into build.ninja, and ninja rebuilds when that line
+    changes; compiling from one copy per build keeps the path, and so the build, shared."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    build = Path(root) / name
+    build.mkdir(parents=True, exist_ok=True)
+    staged = build / SOURCE.name
+    text = SOURCE.read_bytes()
+    if not staged.is_file() or staged.read_bytes() != text:
+        tmp = staged.with_name(f"{staged.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(text)
+        os.replace(tmp, staged)  # concurrent first uses write the same bytes; the rename is atomic
+    return build, staged
 
 
 @functools.lru_cache(maxsize=1)
@@ -64,8 +86,9 @@ def load_kernel() -> ModuleType | None:
         if shutil.which(cxx) is None:  # say so plainly (torch would warn about it, then fail)
             raise RuntimeError(f"no C++ compiler: {cxx!r} is not on PATH (install g++ or set CXX)")
         name, flags = _build_flags()
-        return load(name=name, sources=[str(SOURCE)], extra_cflags=flags,
-                    extra_ldflags=["-fopenmp"], verbose=False)
+        build, source = _staged_source(name)
+        return load(name=name, sources=[str(source)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                    build_directory=str(build), verbose=False)
     except Exception as exc:  # no compiler, no headers, a read-only cache, ...
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
         reason = next((line for line in lines if "error:" in line or "not found" in line), lines[0])
