@@ -13,7 +13,9 @@ Methods (all draw tokens from the denoiser's x0 prediction with MASK excluded; f
 - "confidence": MaskGIT. At step k the number of masked slots left follows a cosine (or linear)
   schedule; the most confident slots are unmasked, optionally with annealed Gumbel noise on the
   confidences (`confidence_noise`), over the whole sequence or block by block from the left
-  (`block_tokens`, the semi-autoregressive order of LLaDA, Nie et al. 2025). Confidence
+  (`block_tokens`, the semi-autoregressive order of LLaDA, Nie et al. 2025). For a block-diffusion
+  model sampled in its own blocks, each call runs only the block being drawn against a cache of the
+  finished ones (smdim.model.block_cache): the same logits, at a cost linear in the length. Confidence
   (`confidence`): "logprob" of the sampled token (MaskGIT), "margin" between the two most probable
   tokens (top-k margin, Kim et al. 2025: a slot torn between two tokens waits for more context) or
   "entropy" (minus the entropy of the slot).
@@ -41,6 +43,8 @@ from smdim.diffusion.config import DiffusionConfig
 from smdim.diffusion.loss import x0_logits
 from smdim.diffusion.schedule import make_schedule
 from smdim.errors import SmdimError
+from smdim.model.block_cache import BlockCache, block_logits
+from smdim.model.collection import WithCollection
 from smdim.sampling.config import CONFIDENCE_SCORES, METHODS, REMASK_STRATEGIES, UNMASK_SCHEDULES
 from smdim.sampling.constraints import Constraints
 from smdim.sampling.corrector import correct
@@ -167,6 +171,24 @@ class _Step:
             self.prev[slice(None) if rows is None else rows] = logits.softmax(-1)  # x0_probs, as in training
         else:
             logits = x0_logits(net(x, t, pad_mask=None), self.mask_id)  # (B, L, V)
+        return self._constrain(logits, x)
+
+    def block_logits(self, x: Tensor, lo: int, hi: int, a: int, b: int, cache: BlockCache) -> Tensor:
+        """`logits` of the columns [lo, hi) of x, for a block-diffusion model whose blocks before
+        `a` are finished and cached: the network runs the block x[:, a:b] only, and the other
+        columns' logits are zeros (unused: the sampler draws in the block)."""
+        self.calls += 1
+        out = x0_logits(block_logits(_block_net(self.denoiser), cache, x[:, a:b]), self.mask_id)  # (B, b-a, V)
+        logits = out.new_zeros(x.shape[0], hi - lo, out.shape[-1])
+        logits[:, a - lo:b - lo] = out
+        return self._constrain(logits, x[:, lo:hi])
+
+    def commit(self, x: Tensor, a: int, b: int, cache: BlockCache) -> None:
+        """Append the finished block x[:, a:b] to `cache` (one network call on the block)."""
+        self.calls += 1
+        block_logits(_block_net(self.denoiser), cache, x[:, a:b], commit=True)
+
+    def _constrain(self, logits: Tensor, x: Tensor) -> Tensor:
         self.unconstrained = logits  # for redraws under neighbours drawn later in the same step
         if self.constraints is not None:
             logits = self.constraints.apply(logits, x, x != self.mask_id)
@@ -244,8 +266,17 @@ def _confidence(
     spans = [(0, L)] if block <= 0 else [(a, min(a + block, L)) for a in range(0, L, block)]
     per_span = max(1, steps // len(spans))
     n_all = (x == ctx.mask_id).sum(1).clamp(min=1).float()  # (B,) for the network's time input
+    net = _block_net(ctx.denoiser)
+    cache = None
+    if block > 0 and net is not None and net.cfg.block_diffusion == block:
+        cache = BlockCache(collection=getattr(ctx.denoiser, "collection", None))
     bar = tqdm(total=per_span * len(spans), desc="sampling", disable=not progress, leave=False)
     for a, b in spans:
+        lo, hi = 0, L  # the columns a step works on
+        if cache is not None:
+            if a > 0:
+                ctx.commit(x, a - block, a, cache)
+            lo, hi = _span_window(ctx, x, a, b)
         in_span = torch.zeros_like(x, dtype=torch.bool)
         in_span[:, a:b] = True
         n_free = ((x == ctx.mask_id) & in_span).sum(1)  # (B,)
@@ -260,21 +291,44 @@ def _confidence(
             left = math.cos(0.5 * math.pi * r) if unmask_schedule == "cosine" else 1.0 - r
             target = (n_free.float() * left).floor().long()  # masked slots of the span to leave
             n_unmask = (n_open - target).clamp(min=1).minimum(n_open)  # (B,)
-            t = schedule.time_of(masked.sum(1).float() / n_all)  # (B,)
-            logits = ctx.logits(x, t)  # (B, L, V)
-            tokens = torch.full_like(x, ctx.mask_id)
-            tokens[open_] = ctx.draw(logits[open_])
-            conf = _confidence_score(logits, tokens, score)  # (B, L)
+            if cache is None:
+                logits = ctx.logits(x, schedule.time_of(masked.sum(1).float() / n_all))  # (B, L, V)
+            else:
+                logits = ctx.block_logits(x, lo, hi, a, b, cache)  # (B, W = hi - lo, V)
+            xw, open_w = x[:, lo:hi], open_[:, lo:hi]
+            tokens = torch.full_like(xw, ctx.mask_id)
+            tokens[open_w] = ctx.draw(logits[open_w])
+            conf = _confidence_score(logits, tokens, score)  # (B, W)
             if noise > 0:
-                u = torch.rand(x.shape, generator=ctx.generator, device=x.device).clamp(1e-10, 1 - 1e-10)
+                # Drawn at full size whatever the window, so the cached path draws what the other does.
+                u = torch.rand(x.shape, generator=ctx.generator, device=x.device)[:, lo:hi].clamp(1e-10, 1 - 1e-10)
                 conf = conf + noise * (1.0 - r) * -torch.log(-torch.log(u))
-            conf = conf.masked_fill(~open_, float("-inf"))
-            order = conf.argsort(dim=1, descending=True, stable=True)  # (B, L)
-            rank = torch.empty_like(order).scatter_(1, order, torch.arange(L, device=x.device).expand_as(order))
-            sel = open_ & (rank < n_unmask[:, None])
-            x = ctx.fill(x, sel, logits, tokens)
+            conf = conf.masked_fill(~open_w, float("-inf"))
+            order = conf.argsort(dim=1, descending=True, stable=True)  # (B, W)
+            rank = torch.empty_like(order).scatter_(
+                1, order, torch.arange(hi - lo, device=x.device).expand_as(order))
+            sel = open_w & (rank < n_unmask[:, None])
+            x[:, lo:hi] = ctx.fill(xw, sel, logits, tokens)  # x is this sampler's own tensor
     bar.close()
     return x
+
+
+def _span_window(ctx: _Step, x: Tensor, a: int, b: int) -> tuple[int, int]:
+    """Columns [lo, hi) that decide the constraints of span [a, b) when everything left of a is
+    known: from the last onset boundary before a (the grammar, the position order and the
+    polyphony cap look no further left; smdim.sampling.streaming relies on the same) to b, or to
+    the end where a fixed token lies right of the span. So a step's work is O(block), not O(L).
+    The key lock (`scale: auto`) reads every pitch of the piece: with it, the whole of x."""
+    L = x.shape[1]
+    hi = L if bool((x[:, b:] != ctx.mask_id).any()) else b
+    c = ctx.constraints
+    if c is None:
+        return a, hi
+    if c.key is not None:
+        return 0, L
+    boundary = c.is_boundary[x[:, :a]]  # (B, a): all known
+    last = torch.where(boundary, torch.arange(a, device=x.device), -1).amax(1) if a else x.new_zeros(1)
+    return max(0, int(last.min())), hi
 
 
 def _confidence_score(logits: Tensor, tokens: Tensor, score: str) -> Tensor:
@@ -288,6 +342,12 @@ def _confidence_score(logits: Tensor, tokens: Tensor, score: str) -> Tensor:
         return top2[..., 0] - top2[..., 1]
     p = logp.exp()
     return (p * logp.masked_fill(p == 0, 0.0)).sum(-1)  # -H; 0 * -inf counts as 0
+
+
+def _block_net(denoiser):
+    """The block-diffusion Denoiser inside `denoiser` (bare or bound to collections), else None."""
+    net = denoiser.net if isinstance(denoiser, WithCollection) else denoiser
+    return net if getattr(getattr(net, "cfg", None), "block_diffusion", 0) else None
 
 
 def _device(denoiser) -> torch.device:
