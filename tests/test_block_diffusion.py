@@ -128,16 +128,17 @@ def test_its_sampler_is_the_block_order_without_the_corrector():
         block_diffusion_settings({**kw, "method": "cached"}, 16)
 
 
-def test_the_preset_names_params_keys_and_a_valid_model():
+@pytest.mark.parametrize("name,block", [("block_diffusion", 16), ("block_diffusion_steady", 4)])
+def test_the_preset_names_params_keys_and_a_valid_model(name, block):
     import yaml
     from conftest import ROOT
 
     from smdim.preset_flags import preset_flags
 
-    flags = preset_flags(ROOT / "configs/block_diffusion.yaml", ROOT / "params.yaml")
-    assert "model.block_diffusion=16" in flags
+    flags = preset_flags(ROOT / f"configs/{name}.yaml", ROOT / "params.yaml")
+    assert f"model.block_diffusion={block}" in flags
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    preset = yaml.safe_load((ROOT / "configs/block_diffusion.yaml").read_text())
+    preset = yaml.safe_load((ROOT / f"configs/{name}.yaml").read_text())
     model = {k: v for k, v in {**params["model"], **preset["model"]}.items() if k != "vocab_size"}
     assert build(ModelConfig, model, "model").block_diffusion == preset["sample"]["block_tokens"]
 
