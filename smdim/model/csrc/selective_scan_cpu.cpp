@@ -182,19 +182,22 @@ static inline void row_dt(const Inputs<T>& p, const T* __restrict dl, T bias, T*
     map_row(p.L, dl, bias, dts, [](V x) { return x; });
 }
 
-// Forward of one (b, d) row: out (L,) and each segment's last state (nseg, N). dts: (L,) scratch.
-template <typename T, int NV>
-void forward_row(const Inputs<T>& p, int64_t b, int64_t d, T* __restrict out, T* __restrict last,
-                 T* __restrict dts) {
+// The segmented recurrence of one (b, d) row, shared by the forward and the backward's pass 1 (which
+// must recompute exactly the forward's states). dts: (L,) dt of the row. Forward (!Keep): ys (L,)
+// gets <C_l, h_l> + D u_l and last (the row's (nseg, N)) each segment's last state. Backward (Keep):
+// ys gets <C_l, h_l>, as (L, N) the decays and row l + 1 of hs (L + 1, N) the state h_l.
+template <typename T, int NV, bool Keep>
+static inline void scan_row(const Inputs<T>& p, int64_t b, int64_t d, const T* __restrict dts,
+                            T* __restrict ys, T* __restrict last, T* __restrict as,
+                            T* __restrict hs) {
   typedef typename Pack<T>::V V;
   constexpr int W = Pack<T>::W;
-  const int64_t N = NV * W, L = p.L, row = (b * p.dim + d) * L;
+  const int64_t N = NV * W, L = p.L;
   const int64_t srow = (b * p.dim + d) * p.nseg * N;  // this row's (nseg, N) states
-  const T* __restrict u = p.u + row;
+  const T* __restrict u = p.u + (b * p.dim + d) * L;
   const T* __restrict Bm = p.B + b * L * N;  // (L, N)
   const T* __restrict Cm = p.C + b * L * N;  // (L, N)
   const T Dd = p.D ? p.D[d] : T(0);
-  row_dt(p, p.delta + row, p.bias ? p.bias[d] : T(0), dts);
   V A[NV], h[NV];
   for (int j = 0; j < NV; ++j) A[j] = load<V>(p.A + d * N + j * W);
   for (int64_t s = 0; s < p.nseg; ++s) {
@@ -203,13 +206,32 @@ void forward_row(const Inputs<T>& p, int64_t b, int64_t d, T* __restrict out, T*
       const T dt = dts[l], x = dt * u[l];
       V y = V{};
       for (int j = 0; j < NV; ++j) {
-        h[j] = exp_pack(A[j] * dt) * h[j] + load<V>(Bm + l * N + j * W) * x;
+        const V a = exp_pack(A[j] * dt);
+        h[j] = a * h[j] + load<V>(Bm + l * N + j * W) * x;
+        if constexpr (Keep) {
+          store(as + l * N + j * W, a);
+          store(hs + (l + 1) * N + j * W, h[j]);
+        }
         y += h[j] * load<V>(Cm + l * N + j * W);
       }
-      out[row + l] = hsum(y) + Dd * u[l];
+      if constexpr (Keep)
+        ys[l] = hsum(y);
+      else
+        ys[l] = hsum(y) + Dd * u[l];
     }
-    for (int j = 0; j < NV; ++j) store(last + srow + s * N + j * W, h[j]);
+    if constexpr (!Keep)
+      for (int j = 0; j < NV; ++j) store(last + srow + s * N + j * W, h[j]);
   }
+}
+
+// Forward of one (b, d) row: out (L,) and each segment's last state (nseg, N). dts: (L,) scratch.
+template <typename T, int NV>
+void forward_row(const Inputs<T>& p, int64_t b, int64_t d, T* __restrict out, T* __restrict last,
+                 T* __restrict dts) {
+  typedef typename Pack<T>::V V;
+  const int64_t L = p.L, row = (b * p.dim + d) * L;
+  row_dt(p, p.delta + row, p.bias ? p.bias[d] : T(0), dts);
+  scan_row<T, NV, false>(p, b, d, dts, out + row, last, nullptr, nullptr);
   if (p.z) {  // out *= silu(z), via dts (free now) for the silu values
     map_row(L, p.z + row, T(0), dts, [](V zv) { return zv * sigmoid_pack(zv); });
     for (int64_t l = 0; l < L; ++l) out[row + l] *= dts[l];
@@ -239,24 +261,10 @@ void backward_row(const Inputs<T>& p, int64_t b, int64_t d, const T* __restrict 
   if (p.z) map_row(L, p.z + row, T(0), sz, [](V zv) { return sigmoid_pack(zv); });
   if (p.softplus)  // softplus'(x) = sigmoid(x), 1 past the threshold
     map_row(L, p.delta + row, bias, sd, [](V x) { return x > 20.0 ? V{} + 1.0 : sigmoid_pack(x); });
-  V A[NV], h[NV];
+  V A[NV];
   for (int j = 0; j < NV; ++j) A[j] = load<V>(p.A + d * N + j * W);
-  // Pass 1: recompute decays and states (the same arithmetic as the forward).
-  for (int64_t s = 0; s < p.nseg; ++s) {
-    for (int j = 0; j < NV; ++j) h[j] = p.h0 ? load<V>(p.h0 + srow + s * N + j * W) : V{};
-    for (int64_t l = s * p.seg, l1 = std::min(L, l + p.seg); l < l1; ++l) {
-      const T dt = dts[l], x = dt * u[l];
-      V y = V{};
-      for (int j = 0; j < NV; ++j) {
-        const V a = exp_pack(A[j] * dt);
-        store(as + l * N + j * W, a);
-        h[j] = a * h[j] + load<V>(Bm + l * N + j * W) * x;
-        store(hs + (l + 1) * N + j * W, h[j]);
-        y += h[j] * load<V>(Cm + l * N + j * W);
-      }
-      ys[l] = hsum(y);
-    }
-  }
+  // Pass 1: recompute decays and states (scan_row, the forward's own arithmetic).
+  scan_row<T, NV, true>(p, b, d, dts, ys, nullptr, as, hs);
   // Pass 2: g = dLoss/dh_l runs backwards, g_l = dy_l C_l + a_{l+1} g_{l+1} inside a segment;
   // a segment's last state starts g at dlast, and its first position's a_l g_l is dh0.
   V g[NV], dA[NV];
