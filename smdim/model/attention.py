@@ -57,17 +57,24 @@ class SelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, L, D))
 
     def step(self, x: Tensor, cache: dict[str, Tensor]) -> Tensor:
-        """One new position of a causal layer: x (B, D) -> (B, D); `cache` holds earlier k, v.
+        """One new position of a causal layer: x (B, D) -> (B, D); `cache` holds earlier k, v."""
+        return self.extend(x[:, None], cache)[:, 0]
 
-        cache["k"], cache["v"]: (B, H, T, hd) for the T positions seen so far (absent at T = 0);
-        updated in place with this position's.
+    def extend(self, x: Tensor, cache: dict[str, Tensor], keep: bool = True) -> Tensor:
+        """New positions T .. T + r - 1 after the cached ones: x (B, r, D) -> (B, r, D).
+
+        They read every cached position and each other, with no mask among them: one position of
+        a causal layer (`step`), or one block of a block-diffusion model (smdim.model.block_cache).
+        cache["k"], cache["v"]: (B, H, T, hd) (absent at T = 0); with `keep` the new positions'
+        keys and values are appended in place.
         """
-        B, D = x.shape
-        q, k, v = self.qkv(x).view(B, 3, self.n_heads, 1, D // self.n_heads).unbind(1)  # (B, H, 1, hd)
+        B, r, D = x.shape
+        q, k, v = self.qkv(x).view(B, r, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # (B, H, r, hd)
         T = cache["k"].shape[2] if "k" in cache else 0
         q, k = rotary(q, offset=T), rotary(k, offset=T)
         if T:
             k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
-        cache["k"], cache["v"] = k, v
-        y = F.scaled_dot_product_attention(q, k, v)  # (B, H, 1, hd): the last position sees all
-        return self.proj(y.reshape(B, D))
+        if keep:
+            cache["k"], cache["v"] = k, v
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, H, r, hd)
+        return self.proj(y.transpose(1, 2).reshape(B, r, D))

@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from smdim.errors import SmdimError
-from smdim.model.attention import rotary
 from smdim.model.mamba import BiMamba, Mamba, depthwise_conv
 from smdim.model.scan_cpu import selective_scan_cpu
 from smdim.model.strided import strided_conv, transposed_conv
@@ -62,12 +61,11 @@ def block_logits(net, cache: BlockCache, tokens: Tensor, commit: bool = False) -
     if net.collection_embed is not None:
         c = cache.collection if cache.collection is not None else tokens.new_zeros(B)
         h = h + net.collection_embed(c.to(tokens.device).expand(B))[:, None, :]
-    p = cache.pos // s  # coarse positions before the block
     for block, states in zip(net.blocks, cache.layers, strict=True):
         for sub, state in zip(block.sublayers, states, strict=True):
             y = sub.norm(h)
             if sub.kind == "a":
-                y = _attention(sub.layer, y, state, p, commit)
+                y = sub.layer.extend(y, state, keep=commit)  # the block reads the cached keys
             elif sub.kind == "m":
                 y = _mamba(sub.layer, y, state, commit)
             else:
@@ -92,19 +90,6 @@ def block_logits(net, cache: BlockCache, tokens: Tensor, commit: bool = False) -
     if commit:
         cache.pos += N
     return net.head(net.norm(h))  # (B, n, V)
-
-
-def _attention(att, x: Tensor, state: dict, p: int, commit: bool) -> Tensor:
-    """`att` for the block's coarse positions p.. (B, r, D): they read the cached keys and each other."""
-    B, r, D = x.shape
-    q, k, v = att.qkv(x).view(B, r, 3, att.n_heads, D // att.n_heads).permute(2, 0, 3, 1, 4)  # (B, H, r, hd)
-    q, k = rotary(q, offset=p), rotary(k, offset=p)
-    if "k" in state:
-        k, v = torch.cat([state["k"], k], dim=2), torch.cat([state["v"], v], dim=2)  # (B, H, p + r, hd)
-    if commit:
-        state["k"], state["v"] = k, v
-    y = F.scaled_dot_product_attention(q, k, v)  # (B, H, r, hd)
-    return att.proj(y.transpose(1, 2).reshape(B, r, D))
 
 
 def _mamba(layer: Mamba | BiMamba, x: Tensor, state: dict, commit: bool) -> Tensor:
