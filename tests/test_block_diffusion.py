@@ -113,6 +113,17 @@ def test_the_loss_reads_the_clean_window_and_weights_per_block():
         diffusion_loss(net, x0, mask_id=MASK, schedule=schedule, block_diffusion=8, block_share=0.5)
 
 
+def test_clipped_mask_rates_hold_for_every_block():
+    """diffusion.mask_range with block diffusion: every block draws its own rate, inside the range."""
+    schedule = make_schedule(DiffusionConfig(schedule="linear", mask_range=(0.3, 0.8)))
+    x0 = torch.randint(4, V, (8, 256), generator=torch.Generator().manual_seed(2))
+    x_t, masked, t = mask_per_block(x0, 16, MASK, schedule, generator=torch.Generator().manual_seed(0))
+    p = schedule.mask_prob(t)  # (8, 16)
+    assert 0.3 - 1e-3 <= float(p.min()) and float(p.max()) <= 0.8 + 1e-3 and len(t.unique()) == 128
+    share = masked.view(8, 16, 16).float().mean(-1)
+    assert torch.corrcoef(torch.stack([share.flatten(), p.flatten()]))[0, 1] > 0.6
+
+
 def test_config_checks_block_diffusion_s_settings():
     for bad, match in [({"stride": 3}, "multiple of stride"),
                        ({"objective": "autoregressive"}, "objective"), ({"self_cond": True}, "self_cond")]:

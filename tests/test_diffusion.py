@@ -65,12 +65,32 @@ def test_sample_t_is_on_the_grid_and_uniform(low_discrepancy):
         assert torch.bincount((s.sample_t(16, generator=g) * 8).round().long(), minlength=9)[1:].tolist() == [2] * 8
 
 
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "maskgit"])
+def test_clipped_mask_range_draws_uniform_mask_rates_inside_it(schedule):
+    """diffusion.mask_range (BD3-LM's clipped schedule): training's mask rates are uniform in
+    [low, high] whatever the schedule; the unclipped copy (validation) covers [0, 1] again."""
+    s = sched(schedule=schedule, T=4096, mask_range=(0.3, 0.8))
+    t = torch.cat([s.sample_t(64, generator=torch.Generator().manual_seed(i)) for i in range(64)])
+    p = s.mask_prob(t)
+    assert float(p.min()) >= 0.3 - 1e-3 and float(p.max()) <= 0.8 + 1e-3
+    assert float(p.mean()) == pytest.approx(0.55, abs=0.005)
+    assert float((p < 0.425).float().mean()) == pytest.approx(0.25, abs=0.01)  # uniform, not just inside
+    full = s.for_validation().mask_prob(torch.cat([s.for_validation().sample_t(64, generator=torch.Generator().manual_seed(i))
+                                              for i in range(64)]))
+    assert float(full.min()) < 0.05 and float(full.max()) > 0.95
+    assert s.for_validation().cfg == DiffusionConfig(schedule=schedule, T=4096)
+
+
 def test_config_validation():
     assert build(DiffusionConfig, {"T": 16, "schedule": "cosine"}, "diffusion").T == 16
     with pytest.raises(ConfigError, match="diffusion: T must be >= 1"):
         build(DiffusionConfig, {"T": 0}, "diffusion")
     with pytest.raises(ConfigError, match="diffusion.schedul"):
         build(DiffusionConfig, {"schedul": "cosine"}, "diffusion")
+    assert build(DiffusionConfig, {"mask_range": [0.3, 0.8]}, "diffusion").mask_range == (0.3, 0.8)
+    for bad in ([0.8, 0.3], [-0.1, 0.5], [0.5, 1.5]):
+        with pytest.raises(ConfigError, match="diffusion: mask_range must be"):
+            build(DiffusionConfig, {"mask_range": bad}, "diffusion")
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "maskgit"])

@@ -17,6 +17,7 @@ of real tokens):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -74,14 +75,24 @@ class Schedule:
     def sample_t(
         self, batch_size: int, *, generator: torch.Generator | None = None, device: str | torch.device = "cpu"
     ) -> Tensor:
-        """Draw t = k/T with k uniform in 1..T, one per sequence: (B,) float."""
+        """Draw t = k/T with k uniform in 1..T (mask rates uniform in mask_range), one per sequence:
+        (B,) float."""
         u = torch.rand(batch_size, generator=generator, device=device)  # (B,)
         if self.cfg.low_discrepancy:
             # One uniform offset, then evenly spaced: still uniform marginally, lower variance.
             offsets = torch.arange(batch_size, device=device, dtype=u.dtype) / batch_size
             u = (u[:1] / batch_size + offsets) % 1.0
+        low, high = self.cfg.mask_range
+        if (low, high) != (0.0, 1.0):
+            # Uniform mask rates in [low, high]: the times whose m(t) lies there, on the same grid.
+            u = self.time_of(low + u * (high - low))
         k = (u * self.T).floor().clamp(0, self.T - 1) + 1  # 1..T
         return k / self.T
+
+    def for_validation(self) -> Schedule:
+        """This schedule without training's mask_range: validation losses cover all of [0, 1], so
+        they compare between runs."""
+        return Schedule(dataclasses.replace(self.cfg, mask_range=(0.0, 1.0)))
 
 
 def make_schedule(cfg: DiffusionConfig) -> Schedule:

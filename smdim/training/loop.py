@@ -266,7 +266,8 @@ def _loss(run: Run, net: torch.nn.Module, batch: Batch, gen: torch.Generator,
     # Validation windows hold no slack: score them by the model's odds among the other tokens.
     excluded = () if training else _slack_ids(run)
     return objective_loss(net, run.model.cfg.causal, x0, pad_mask, mask_id=run.vocab.ids["MASK_None"],
-                          bos_id=run.vocab.ids.get("BOS_None"), schedule=run.schedule, generator=gen,
+                          bos_id=run.vocab.ids.get("BOS_None"),
+                          schedule=run.schedule if training else run.schedule.for_validation(), generator=gen,
                           excluded=excluded, block_share=run.diffusion_cfg.block_share if training else 0.0,
                           self_cond_share=self_cond_share(run.model.cfg, training),
                           block_diffusion=run.model.cfg.block_diffusion)
