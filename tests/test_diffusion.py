@@ -75,10 +75,10 @@ def test_clipped_mask_range_draws_uniform_mask_rates_inside_it(schedule):
     assert float(p.min()) >= 0.3 - 1e-3 and float(p.max()) <= 0.8 + 1e-3
     assert float(p.mean()) == pytest.approx(0.55, abs=0.005)
     assert float((p < 0.425).float().mean()) == pytest.approx(0.25, abs=0.01)  # uniform, not just inside
-    full = s.for_validation().mask_prob(torch.cat([s.for_validation().sample_t(64, generator=torch.Generator().manual_seed(i))
-                                              for i in range(64)]))
+    v = s.for_validation()
+    full = v.mask_prob(torch.cat([v.sample_t(64, generator=torch.Generator().manual_seed(i)) for i in range(64)]))
     assert float(full.min()) < 0.05 and float(full.max()) > 0.95
-    assert s.for_validation().cfg == DiffusionConfig(schedule=schedule, T=4096)
+    assert v.cfg == DiffusionConfig(schedule=schedule, T=4096)
 
 
 def test_config_validation():
