@@ -43,40 +43,53 @@ def test_second_clone_pulls_instead_of_retraining(make_project, shared_data, tmp
 def test_block_ablation_is_one_command_at_equal_wall_clock_over_seeds(make_project, shared_data):
     """flows.ablations queues one DVC experiment per block and seed, runs the queue and tabulates
     them. --budget-s sets train.steps from each block's measured step time; --seeds K runs every
-    block with base.seed, base.seed + 1, ... and summarises the seeds (mean, t-interval) per block."""
+    block with base.seed, base.seed + 1, ... and summarises the seeds (mean, t-interval) per block.
+    One block here, two jobs at once: `plan` below covers several blocks without running them."""
     proj = make_project(tiny_params(shared_data), name="sweep")
-    p = run([sys.executable, "-m", "flows.ablations", "--blocks", "mamba", "transformer", "--seeds", "2",
-             "--budget-s", "0.3", "--jobs", "1", "--prefix", "w", "--project-dir", str(proj)], ROOT)
+    p = run([sys.executable, "-m", "flows.ablations", "--blocks", "mamba", "--seeds", "2", "--budget-s", "0.05",
+             "--jobs", "2", "--prefix", "w", "-S", "sample.n_per_length=0", "--project-dir", str(proj)], ROOT)
     out = json.loads((proj / "results/ablations/table.json").read_text())
     rows, summary = out["rows"], out["by_block"]
     seed = yaml.safe_load((proj / "params.yaml").read_text())["base"]["seed"]
-    names = ["w-mamba-s0", "w-mamba-s1", "w-transformer-s0", "w-transformer-s1"]
+    names = ["w-mamba-s0", "w-mamba-s1"]
     assert [r["experiment"] for r in rows] == names, p.stdout
-    assert [r["block"] for r in rows] == ["mamba", "mamba", "transformer", "transformer"]
-    assert [r["seed"] for r in rows] == [seed, seed + 1] * 2
-    for block, (a, b) in (("mamba", rows[:2]), ("transformer", rows[2:])):
-        assert a["steps"] == b["steps"] == out["arms"][f"{block}-s0"]["train.steps"] >= 3  # warm-up + 1
-        assert a["val_loss"] != b["val_loss"]  # the seed reached the model
-    assert rows[0]["val_loss"] != rows[2]["val_loss"]  # the block reached the model
+    assert [r["block"] for r in rows] == ["mamba", "mamba"]
+    assert [r["seed"] for r in rows] == [seed, seed + 1]
+    a, b = rows
+    assert a["steps"] == b["steps"] == out["arms"]["mamba-s0"]["train.steps"] >= 3  # warm-up + 1
+    assert a["val_loss"] != b["val_loss"]  # the seed reached the model
     assert all(0 <= r["headline"] <= 1 and r["val_loss"] > 0 and r["train_s"] > 0 for r in rows)
     assert all(r["headline_ci"][0] <= r["headline"] <= r["headline_ci"][1] for r in rows)
-    assert [s["block"] for s in summary] == ["mamba", "transformer"]
-    for s, pair in zip(summary, (rows[:2], rows[2:]), strict=True):
-        heads = [r["headline"] for r in pair]
-        assert s["seeds"] == 2 and abs(s["headline_mean"] - sum(heads) / 2) < 1e-12
-        assert s["headline_ci"][0] <= min(heads) <= max(heads) <= s["headline_ci"][1]
+    (s,) = summary
+    heads = [r["headline"] for r in rows]
+    assert s["block"] == "mamba" and s["seeds"] == 2 and abs(s["headline_mean"] - sum(heads) / 2) < 1e-12
+    assert s["headline_ci"][0] <= min(heads) <= max(heads) <= s["headline_ci"][1]
     table = (proj / "results/ablations/table.md").read_text()
-    assert "| mamba | w-mamba-s0 |" in table and "| transformer | w-transformer-s1 |" in table, table
-    assert "95% CI over seeds" in table
+    assert "| mamba | w-mamba-s0 |" in table and "| mamba | w-mamba-s1 |" in table, table
+    assert "95% CI over seeds" in table and "sample.n_per_length" in table
     assert (proj / "results/ablations/table.png").read_bytes()[:4] == b"\x89PNG"
     assert set(names) <= _experiment_names(json.loads(run([DVC, "exp", "show", "--json"], proj).stdout))
     # Every run was scored on the same test pieces: the split stays that of base.seed.
-    assert out["arms"]["transformer-s1"]["tokenize.split_seed"] == seed
+    assert out["arms"]["mamba-s1"]["tokenize.split_seed"] == seed
     tokens = [[o for o in yaml.safe_load(run(["git", "show", f"{experiment_rev(proj, name)}:dvc.lock"], proj).stdout)
                ["stages"]["tokenize"]["outs"] if o["path"] == "data/tokens"] for name in names]
     assert tokens[0] != [] and all(t == tokens[0] for t in tokens)
     params = yaml.safe_load((proj / "params.yaml").read_text())
     assert params["model"]["block"] == "mfa" and params["train"]["steps"] == 6  # workspace untouched
+
+
+def test_ablation_plan_crosses_blocks_and_seeds_on_one_split(make_project, shared_data):
+    from flows.ablations import plan
+
+    proj = make_project(tiny_params(shared_data), name="plan")
+    seed = yaml.safe_load((proj / "params.yaml").read_text())["base"]["seed"]
+    arms = plan(proj, ["mamba", "transformer"], 2, None, {})
+    assert list(arms) == ["mamba-s0", "mamba-s1", "transformer-s0", "transformer-s1"]
+    assert [a["model.block"] for a in arms.values()] == ["mamba", "mamba", "transformer", "transformer"]
+    assert [a["base.seed"] for a in arms.values()] == [seed, seed + 1] * 2
+    assert {a["tokenize.split_seed"] for a in arms.values()} == {seed}
+    assert all("train.steps" not in a for a in arms.values())  # equal steps without a budget
+    assert plan(proj, ["mfa"], 1, None, {}) == {"mfa": {"model.block": "mfa"}}
 
 
 def test_seed_summary_is_a_t_interval():
@@ -97,8 +110,9 @@ def test_objectives_comparison_runs_both_objectives_through_dvc(make_project, sh
     """flows.objectives: an autoregressive and a diffusion experiment at equal (tiny) training time,
     each the whole pipeline under `dvc exp run`, in one table with bits per note and generation cost."""
     proj = make_project(tiny_params(shared_data), name="objectives")
-    p = run([sys.executable, "-m", "flows.objectives", "--arms", "diffusion-mfa", "ar-mamba", "--budget-s", "0.5",
-             "-S", "sample.cost_bars=[2]", "--prefix", "o", "--project-dir", str(proj)], ROOT)
+    p = run([sys.executable, "-m", "flows.objectives", "--arms", "diffusion-mfa", "ar-mamba", "--budget-s", "0.1",
+             "--jobs", "2", "-S", "sample.cost_bars=[2]", "-S", "sample.n_per_length=0", "--prefix", "o",
+             "--project-dir", str(proj)], ROOT)
     rows = json.loads((proj / "results/objectives/table.json").read_text())["rows"]
     assert [r["arm"] for r in rows] == ["diffusion-mfa", "ar-mamba"], p.stdout
     for r in rows:
