@@ -44,10 +44,10 @@ def test_block_ablation_is_one_command_at_equal_wall_clock_over_seeds(make_proje
     """flows.ablations queues one DVC experiment per block and seed, runs the queue and tabulates
     them. --budget-s sets train.steps from each block's measured step time; --seeds K runs every
     block with base.seed, base.seed + 1, ... and summarises the seeds (mean, t-interval) per block.
-    One block here, two jobs at once: `plan` below covers several blocks without running them."""
+    One block here: `plan` below covers several blocks without running them."""
     proj = make_project(tiny_params(shared_data), name="sweep")
     p = run([sys.executable, "-m", "flows.ablations", "--blocks", "mamba", "--seeds", "2", "--budget-s", "0.05",
-             "--jobs", "2", "--prefix", "w", "-S", "sample.n_per_length=0", "--project-dir", str(proj)], ROOT)
+             "--jobs", "1", "--prefix", "w", "-S", "sample.n_per_length=0", "--project-dir", str(proj)], ROOT)
     out = json.loads((proj / "results/ablations/table.json").read_text())
     rows, summary = out["rows"], out["by_block"]
     seed = yaml.safe_load((proj / "params.yaml").read_text())["base"]["seed"]
@@ -111,7 +111,7 @@ def test_objectives_comparison_runs_both_objectives_through_dvc(make_project, sh
     each the whole pipeline under `dvc exp run`, in one table with bits per note and generation cost."""
     proj = make_project(tiny_params(shared_data), name="objectives")
     p = run([sys.executable, "-m", "flows.objectives", "--arms", "diffusion-mfa", "ar-mamba", "--budget-s", "0.1",
-             "--jobs", "2", "-S", "sample.cost_bars=[2]", "-S", "sample.n_per_length=0", "--prefix", "o",
+             "--jobs", "1", "-S", "sample.cost_bars=[2]", "-S", "sample.n_per_length=0", "--prefix", "o",
              "--project-dir", str(proj)], ROOT)
     rows = json.loads((proj / "results/objectives/table.json").read_text())["rows"]
     assert [r["arm"] for r in rows] == ["diffusion-mfa", "ar-mamba"], p.stdout
