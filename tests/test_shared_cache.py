@@ -111,8 +111,8 @@ def test_objectives_comparison_runs_both_objectives_through_dvc(make_project, sh
     each the whole pipeline under `dvc exp run`, in one table with bits per note and generation cost."""
     proj = make_project(tiny_params(shared_data), name="objectives")
     p = run([sys.executable, "-m", "flows.objectives", "--arms", "diffusion-mfa", "ar-mamba", "--budget-s", "0.1",
-             "--jobs", "1", "-S", "sample.cost_bars=[2]", "-S", "sample.n_per_length=0", "--prefix", "o",
-             "--project-dir", str(proj)], ROOT)
+             "-S", "sample.cost_bars=[2]", "-S", "sample.n_per_length=0", "--prefix", "o", "--project-dir", str(proj)],
+            ROOT)
     rows = json.loads((proj / "results/objectives/table.json").read_text())["rows"]
     assert [r["arm"] for r in rows] == ["diffusion-mfa", "ar-mamba"], p.stdout
     for r in rows:
