@@ -139,7 +139,8 @@ def test_its_sampler_is_the_block_order_without_the_corrector():
         block_diffusion_settings({**kw, "method": "cached"}, 16)
 
 
-@pytest.mark.parametrize("name,block", [("block_diffusion", 16), ("block_diffusion_steady", 4)])
+@pytest.mark.parametrize("name,block", [("block_diffusion", 16), ("block_diffusion_steady", 4),
+                                        ("block_diffusion_1h", 16)])
 def test_the_preset_names_params_keys_and_a_valid_model(name, block):
     import yaml
     from conftest import ROOT
