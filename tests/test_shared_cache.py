@@ -47,7 +47,7 @@ def test_block_ablation_is_one_command_at_equal_wall_clock_over_seeds(make_proje
     One block here: `plan` below covers several blocks without running them."""
     proj = make_project(tiny_params(shared_data), name="sweep")
     p = run([sys.executable, "-m", "flows.ablations", "--blocks", "mamba", "--seeds", "2", "--budget-s", "0.05",
-             "--jobs", "1", "--prefix", "w", "-S", "sample.n_per_length=0", "--project-dir", str(proj)], ROOT)
+             "--prefix", "w", "-S", "sample.n_per_length=0", "--project-dir", str(proj)], ROOT)
     out = json.loads((proj / "results/ablations/table.json").read_text())
     rows, summary = out["rows"], out["by_block"]
     seed = yaml.safe_load((proj / "params.yaml").read_text())["base"]["seed"]
