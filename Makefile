@@ -43,8 +43,12 @@ ablations: install
 objectives: install
 	$(BIN)/python -m flows.objectives --bpe 1000 $(ARGS)
 
+# Two workers (pytest-xdist): most of the suite's time is DVC, Prefect and torchrun subprocesses
+# that leave a core idle. Whole files per worker, so a module's fixtures (its Prefect server, its
+# DVC project) stay in one process. make test TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/ruff check smdim pipeline flows tests
