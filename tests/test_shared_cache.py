@@ -40,6 +40,8 @@ def test_second_clone_pulls_instead_of_retraining(make_project, shared_data, tmp
     assert json.loads(run([DVC, "status", "--cloud", "--json"], b).stdout) == {}
 
 
+# The sweeps' DVC tests live in this file on purpose: `make test` gives a whole file to one xdist
+# worker, so they never run at the same time as each other (README, "Tests").
 def test_block_ablation_is_one_command_at_equal_wall_clock_over_seeds(make_project, shared_data):
     """flows.ablations queues one DVC experiment per block and seed, runs the queue and tabulates
     them. --budget-s sets train.steps from each block's measured step time; --seeds K runs every
