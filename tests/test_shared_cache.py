@@ -1,4 +1,8 @@
-"""A DVC remote shares every artifact: clone A reproduces and pushes, clone B pulls and re-runs nothing."""
+"""A DVC remote shares every artifact: clone A reproduces and pushes, clone B pulls and re-runs nothing.
+
+Also the block-ablation and objectives sweeps, each a queue of DVC experiments (why they share
+this file: the comment above the first).
+"""
 
 from __future__ import annotations
 
