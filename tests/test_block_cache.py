@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from smdim.diffusion.config import DiffusionConfig
+from smdim.diffusion.schedule import make_schedule
 from smdim.errors import SmdimError
 from smdim.model.block_cache import BlockCache, block_logits
 from smdim.model.collection import WithCollection
@@ -62,13 +64,14 @@ def test_a_block_must_start_at_a_block_edge_and_fit_in_a_block():
         block_logits(net, BlockCache(pos=4), torch.full((1, 8), MASK))
 
 
-@pytest.mark.parametrize("kind", ["mfa", "transformer"])
-def test_the_block_sampler_draws_the_same_tokens_with_and_without_the_cache(kind, monkeypatch):
+@pytest.mark.parametrize(("kind", "order"), [("mfa", "logprob"), ("transformer", "logprob"),
+                                             ("transformer", "left_to_right")])
+def test_the_block_sampler_draws_the_same_tokens_with_and_without_the_cache(kind, order, monkeypatch):
     net = WithCollection(block_model(8, 2, kind), torch.tensor([1, 2, 0]))
     fixed = torch.full((3, 36), -1)
     fixed[:, 10:13] = torch.tensor([7, 8, 9])  # fixed tokens stay, in a block of their own or not
     kw = dict(mask_id=MASK, steps=20, method="confidence", batch_size=3, temperature=0.9, fixed=fixed,
-              block_tokens=8, confidence_noise=0.5)
+              block_tokens=8, confidence_noise=0.5, confidence=order)
     cached, stats = sample_with_stats(net, 36, generator=torch.Generator().manual_seed(3), **kw)
     monkeypatch.setattr(samplers, "_block_net", lambda denoiser: None)  # the whole window on every call
     whole, whole_stats = sample_with_stats(net, 36, generator=torch.Generator().manual_seed(3), **kw)
@@ -108,3 +111,41 @@ def test_under_the_remi_constraints_the_cached_sampler_s_windows_change_nothing(
     whole, _ = sample_with_stats(net, 64, generator=torch.Generator().manual_seed(5), **kw)
     assert torch.equal(cached, whole)
     assert cached[1, 40] == vocab["Bar_None"]
+
+
+def test_the_left_to_right_likelihood_is_exact_and_the_sampler_s_view():
+    """Block diffusion's left-to-right NLL (smdim.training.likelihood): over every sequence of 4
+    tokens it sums to probability 1 (a likelihood, not a bound), and each token's share is what
+    the sampler's view gives it: its block masked from it on, later blocks masked."""
+    import itertools
+    import math
+
+    import numpy as np
+
+    from smdim.training.likelihood import _left_to_right_nats, validation_likelihood
+
+    torch.manual_seed(0)
+    v, mask = 6, 5
+    cfg = ModelConfig(vocab_size=v, d_model=16, n_heads=2, n_blocks=1, stride=1, block="transformer",
+                      block_diffusion=2)
+    net = Denoiser(cfg).double().eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.5)
+    every = torch.tensor(list(itertools.product(range(v - 1), repeat=4)))  # (625, 4), no MASK
+    real = torch.ones_like(every, dtype=torch.bool)
+    with torch.no_grad():
+        total = sum(math.exp(-_left_to_right_nats(net, x[None], real[:1], 2, mask)) for x in every)
+        assert total == pytest.approx(1.0, abs=1e-6)  # float32 logits, as in training
+        x0 = every[[7, 300, 624]]
+        ref = 0.0
+        for i in range(4):  # one token at a time, as the sampler draws it
+            x = x0.clone()
+            x[:, i:] = mask
+            logp = net(x).index_fill(-1, torch.tensor([mask]), float("-inf")).log_softmax(-1)
+            ref -= float(logp[:, i].gather(-1, x0[:, i:i + 1]).sum())
+        assert _left_to_right_nats(net, x0, real[:3], 2, mask) == pytest.approx(ref, rel=1e-6)
+        nll = validation_likelihood(net, [w.numpy() for w in x0], seq_len=4, notes_per_id=np.ones(v, int),
+                                    mask_id=mask, bos_id=None, pad_id=0,
+                                    schedule=make_schedule(DiffusionConfig()), draws=2)
+    assert nll.left_to_right_bits_per_note == pytest.approx(ref / math.log(2) / 12, rel=1e-6)

@@ -338,6 +338,7 @@ VARIANTS = {
     "remdm-conf": ("remdm", {"remask": "conf", "remask_eta": 0.3}),
     "margin": ("confidence", {"confidence": "margin"}),
     "entropy": ("confidence", {"confidence": "entropy"}),
+    "left-to-right": ("confidence", {"confidence": "left_to_right"}),
     "top-k": ("ancestral", {"top_k": 3}),
     "top-p": ("confidence", {"top_p": 0.5}),
     "remdm-top-p": ("remdm", {"top_p": 0.8, "remask_eta": 0.3}),
@@ -411,6 +412,28 @@ def test_semi_autoregressive_blocks_finish_left_to_right():
             later = decoded[:, a + N:].any(1)  # (B,)
             assert not (later & (x[:, a:a + N] == MASK).any(1)).any(), f"block at {a} left open"
     assert (states[3][:, :N] != MASK).all() and (states[3][:, N:] == MASK).sum() == 2 * (L - N - 4)
+
+
+@pytest.mark.parametrize("block", [0, 8])
+def test_left_to_right_draws_one_free_slot_per_call_leftmost_first(block):
+    """confidence left_to_right with linear unmasking and a step per free slot: each call sees the
+    free slots decoded so far as a prefix of the free slots, one more per call; the order noise is
+    ignored (the order is fixed), so the tokens are those drawn without it."""
+    L = 40
+    fixed = torch.full((L,), -1)
+    fixed[10:13] = 5
+    free_cols = (fixed < 0).nonzero().squeeze(1)  # (37,)
+    steps = len(free_cols) if block == 0 else block * (L // block)  # a block's fixed slots end it early
+    kw = dict(mask_id=MASK, steps=steps, method="confidence", batch_size=2, fixed=fixed,
+              confidence="left_to_right", unmask_schedule="linear", block_tokens=block)
+    rec = Recorder(Toy())
+    out = sample(rec, L, generator=gen(3), confidence_noise=2.0, **kw)
+    assert not (out == MASK).any() and (out[:, 10:13] == 5).all()
+    assert len(rec.seen) == len(free_cols)
+    for k, x in enumerate(rec.seen):
+        decoded = x[:, free_cols] != MASK  # (B, 37)
+        assert decoded[:, :k].all() and not decoded[:, k:].any(), f"call {k}"
+    assert torch.equal(out, sample(Toy(), L, generator=gen(3), confidence_noise=0.0, **kw))
 
 
 @pytest.mark.parametrize("strategy", ["cap", "rescale", "conf"])
@@ -518,7 +541,7 @@ def test_bad_new_options_are_one_line_errors(kw, message):
     ({"top_p": 1.5}, r"sample: top_p must be in \(0, 1\]"),
     ({"remask_eta": -0.1}, r"sample: remask_eta must be in \[0, 1\]"),
     ({"block_tokens": -2}, "sample: block_tokens must be >= 0"),
-    ({"confidence": "gap"}, "sample.confidence: input should be 'logprob', 'margin' or 'entropy'"),
+    ({"confidence": "gap"}, "sample.confidence: input should be 'logprob', 'margin', 'entropy' or 'left_to_right'"),
     ({"remask": "loop"}, "sample.remask: input should be 'cap', 'rescale' or 'conf'"),
 ])
 def test_sample_config_new_option_errors(data, message):

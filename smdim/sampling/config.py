@@ -11,7 +11,8 @@ from smdim.tokenization.keys import parse_tonic
 
 SamplerMethod = Literal["ancestral", "cached", "confidence", "remdm"]  # see smdim/sampling/samplers.py
 UnmaskSchedule = Literal["cosine", "linear"]
-ConfidenceScore = Literal["logprob", "margin", "entropy"]  # how the confidence sampler ranks masked slots
+# how the confidence sampler ranks masked slots (left_to_right: by position, a fixed order)
+ConfidenceScore = Literal["logprob", "margin", "entropy", "left_to_right"]
 RemaskStrategy = Literal["cap", "rescale", "conf"]  # ReMDM's sigma_t, see smdim/sampling/remdm.py
 METHODS: tuple[str, ...] = get_args(SamplerMethod)
 UNMASK_SCHEDULES: tuple[str, ...] = get_args(UnmaskSchedule)
@@ -32,7 +33,9 @@ class SampleConfig:
     unmask_schedule: UnmaskSchedule = "cosine"  # confidence method: masked share per step
     confidence_noise: float = 0.5  # confidence method: Gumbel noise scale on confidences (annealed to 0)
     confidence: ConfidenceScore = "logprob"  # confidence method: rank slots by the drawn token's log-prob,
-    # the top-2 probability margin (Kim et al. 2025) or minus the entropy
+    # the top-2 probability margin (Kim et al. 2025), minus the entropy, or left_to_right (leftmost
+    # masked slot first; no confidence_noise: with linear unmasking and one token per step, each token
+    # is drawn from its conditional given everything on its left, as a block-diffusion model learns)
     block_tokens: int = 0  # confidence method: 0 = rank all slots at once; N = finish N-token blocks
     # left to right, steps // n_blocks steps each (semi-autoregressive, LLaDA)
     remask: RemaskStrategy = "cap"  # remdm method: sigma_t = min(eta, sigma_max) | eta * sigma_max | cap

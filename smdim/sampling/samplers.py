@@ -17,8 +17,13 @@ Methods (all draw tokens from the denoiser's x0 prediction with MASK excluded; f
   model sampled in its own blocks, each call runs only the block being drawn against a cache of the
   finished ones (smdim.model.block_cache): the same logits, at a cost linear in the length. Confidence
   (`confidence`): "logprob" of the sampled token (MaskGIT), "margin" between the two most probable
-  tokens (top-k margin, Kim et al. 2025: a slot torn between two tokens waits for more context) or
-  "entropy" (minus the entropy of the slot).
+  tokens (top-k margin, Kim et al. 2025: a slot torn between two tokens waits for more context),
+  "entropy" (minus the entropy of the slot), or "left_to_right": not a confidence but a fixed order,
+  the leftmost masked slot first. With one slot per step (linear unmasking, steps = tokens) no two
+  tokens are drawn in one step, so none is drawn without the others it depends on: inside a
+  block-diffusion model's blocks this is ancestral sampling of the order the model's REMI is written
+  in (time), and it leaves none of the silent beats the parallel orders do (docs/sampling_study.md,
+  thirty-seventh round).
 - "remdm": the ancestral sampler with remasking (ReMDM, Wang et al. 2025), smdim/sampling/remdm.py:
   decoded tokens go back to MASK with probability sigma_t, so early errors can be redrawn.
 
@@ -288,8 +293,10 @@ def _confidence(
             if not n_open.any():
                 break
             r = k / per_span
-            left = math.cos(0.5 * math.pi * r) if unmask_schedule == "cosine" else 1.0 - r
-            target = (n_free.float() * left).floor().long()  # masked slots of the span to leave
+            if unmask_schedule == "cosine":
+                target = (n_free.float() * math.cos(0.5 * math.pi * r)).floor().long()  # masked slots to leave
+            else:  # in integers: with a step per slot, one slot per step (1 - k/n in floats can round down)
+                target = n_free * (per_span - k) // per_span
             n_unmask = (n_open - target).clamp(min=1).minimum(n_open)  # (B,)
             if cache is None:
                 logits = ctx.logits(x, schedule.time_of(masked.sum(1).float() / n_all))  # (B, L, V)
@@ -298,8 +305,8 @@ def _confidence(
             xw, open_w = x[:, lo:hi], open_[:, lo:hi]
             tokens = torch.full_like(xw, ctx.mask_id)
             tokens[open_w] = ctx.draw(logits[open_w])
-            conf = _confidence_score(logits, tokens, score)  # (B, W)
-            if noise > 0:
+            conf = _confidence_score(logits, tokens, score, lo)  # (B, W)
+            if noise > 0 and score != "left_to_right":  # noise would scramble the fixed order
                 # Drawn at full size whatever the window, so the cached path draws what the other does.
                 u = torch.rand(x.shape, generator=ctx.generator, device=x.device)[:, lo:hi].clamp(1e-10, 1 - 1e-10)
                 conf = conf + noise * (1.0 - r) * -torch.log(-torch.log(u))
@@ -331,9 +338,13 @@ def _span_window(ctx: _Step, x: Tensor, a: int, b: int) -> tuple[int, int]:
     return max(0, int(last.min())), hi
 
 
-def _confidence_score(logits: Tensor, tokens: Tensor, score: str) -> Tensor:
+def _confidence_score(logits: Tensor, tokens: Tensor, score: str, lo: int = 0) -> Tensor:
     """(B, L) confidence of each slot from its constrained logits (B, L, V), untempered (so greedy
-    still ranks): log-prob of the drawn token, top-2 margin, or minus the entropy."""
+    still ranks): log-prob of the drawn token, top-2 margin, minus the entropy, or (left_to_right)
+    minus the slot's column, counted from `lo`, the window's first column in the piece."""
+    if score == "left_to_right":
+        col = torch.arange(lo, lo + logits.shape[1], device=logits.device, dtype=logits.dtype)
+        return (-col).expand(logits.shape[:2])
     logp = torch.log_softmax(logits, dim=-1)  # (B, L, V); MASK and banned tokens: -inf
     if score == "logprob":
         return logp.gather(-1, tokens[..., None]).squeeze(-1)

@@ -11,6 +11,13 @@ context, as in training), and the negative log-likelihood of all its tokens is s
   two-call denoiser, which is still a function of x_t alone.
 Dividing by the notes the windows hold (not their tokens) makes plain REMI and BPE comparable:
 a BPE token stands for several REMI tokens.
+
+A block-diffusion model (model.block_diffusion = N) also gets an exact NLL: that of drawing each
+block left to right, one token at a time, each given the clean blocks before it and the tokens of
+its own block on its left (what `sample.confidence: left_to_right` with one slot per step draws at
+temperature 1). N calls per batch, one per offset in the block, score every block's token at that
+offset at once. It is a likelihood like the autoregressive one (it sums to 1 over sequences), not a
+bound, so the two are directly comparable.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ class Likelihood:
     notes: int
     tokens: int
     exact: bool  # autoregressive: exact NLL; diffusion: an upper bound (ELBO)
+    left_to_right_bits_per_note: float | None = None  # block diffusion: exact NLL drawn left to right
 
 
 def windows(pieces: list[np.ndarray], seq_len: int) -> list[np.ndarray]:
@@ -67,7 +75,8 @@ def validation_likelihood(
     elbo = Schedule(dataclasses.replace(schedule.cfg, weighting="elbo"))
     gen = torch.Generator(device=device).manual_seed(seed)
     wins = windows(pieces, seq_len)
-    nats, tokens, notes = 0.0, 0, 0
+    nats, ltr_nats, tokens, notes = 0.0, 0.0, 0, 0
+    block = 0 if model.cfg.causal else model.cfg.block_diffusion
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -81,10 +90,13 @@ def validation_likelihood(
                 nats += float(next_token_nll(logits, x0, mask_id, pad_mask))
             else:
                 nats += _elbo_nats(model, x0, pad_mask, elbo, mask_id, draws, gen, excluded)
+                if block:
+                    ltr_nats += _left_to_right_nats(model, x0, pad_mask, block, mask_id, excluded)
     if was_training:
         model.train()
-    return Likelihood(nats / math.log(2) / max(notes, 1), nats / math.log(2) / max(tokens, 1),
-                      notes, tokens, bool(model.cfg.causal))
+    bits = 1 / math.log(2) / max(notes, 1)
+    return Likelihood(nats * bits, nats / math.log(2) / max(tokens, 1), notes, tokens, bool(model.cfg.causal),
+                      ltr_nats * bits if block else None)
 
 
 def _elbo_nats(model, x0: Tensor, pad_mask: Tensor, schedule: Schedule, mask_id: int, draws: int,
@@ -108,6 +120,21 @@ def _elbo_nats(model, x0: Tensor, pad_mask: Tensor, schedule: Schedule, mask_id:
         nats, _ = masked_loss(logits, x0, masked, schedule.loss_weight(t), mask_id, torch.tensor(1), excluded)
         total += float(nats)
     return total / draws
+
+
+def _left_to_right_nats(model, x0: Tensor, pad_mask: Tensor, block: int, mask_id: int,
+                        excluded: Sequence[int] = ()) -> float:
+    """Sum over the batch of -log p(x0) (nats) drawn left to right inside each block of `block`
+    tokens: at offset j, every block is masked from j on and its token j is scored."""
+    offset = torch.arange(x0.shape[1], device=x0.device) % block  # (L,)
+    drop = torch.tensor([mask_id, *excluded], device=x0.device)
+    total = 0.0
+    for j in range(block):
+        x_t = x0.masked_fill((offset >= j)[None, :] & pad_mask, mask_id)  # (b, L)
+        logits = model(x_t, None, pad_mask=pad_mask, clean=x0).float().index_fill(-1, drop, float("-inf"))
+        sel = (offset == j)[None, :] & pad_mask  # (b, L)
+        total += float(torch.nn.functional.cross_entropy(logits[sel], x0[sel], reduction="sum"))
+    return total
 
 
 def _batch(chunk: list[np.ndarray], pad_id: int, device) -> tuple[Tensor, Tensor]:

@@ -223,8 +223,13 @@ def save_final(run: Run) -> None:
             seed=derive_seed(run.base.seed, steps, _VALID_NOISE_STREAM))
     log.info("validation NLL %.3f bits per note (%s, %d notes)", nll.bits_per_note,
              "exact" if nll.exact else "ELBO bound", nll.notes)
+    if nll.left_to_right_bits_per_note is not None:
+        log.info("validation NLL %.3f bits per note (exact, blocks drawn left to right)",
+                 nll.left_to_right_bits_per_note)
     if run.live is not None:
         run.live.summary.update(val_bits_per_note=nll.bits_per_note, val_bits_per_token=nll.bits_per_token)
+        if nll.left_to_right_bits_per_note is not None:
+            run.live.summary["val_bits_per_note_left_to_right"] = nll.left_to_right_bits_per_note
         run.live.make_summary()
         run.live.end()
     log.info("wrote %s (%s weights, step %d)", paths.model, "ema" if run.ema else "raw", steps)
