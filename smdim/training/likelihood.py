@@ -127,13 +127,14 @@ def _left_to_right_nats(model, x0: Tensor, pad_mask: Tensor, block: int, mask_id
     """Sum over the batch of -log p(x0) (nats) drawn left to right inside each block of `block`
     tokens: at offset j, every block is masked from j on and its token j is scored."""
     offset = torch.arange(x0.shape[1], device=x0.device) % block  # (L,)
-    drop = torch.tensor([mask_id, *excluded], device=x0.device)
+    weight = torch.ones(x0.shape[0], device=x0.device)  # (b,): an exact NLL, no ELBO weight
     total = 0.0
     for j in range(block):
         x_t = x0.masked_fill((offset >= j)[None, :] & pad_mask, mask_id)  # (b, L)
-        logits = model(x_t, None, pad_mask=pad_mask, clean=x0).float().index_fill(-1, drop, float("-inf"))
-        sel = (offset == j)[None, :] & pad_mask  # (b, L)
-        total += float(torch.nn.functional.cross_entropy(logits[sel], x0[sel], reduction="sum"))
+        logits = model(x_t, None, pad_mask=pad_mask, clean=x0)  # (b, L, V)
+        scored = (offset == j)[None, :] & pad_mask  # (b, L)
+        nats, _ = masked_loss(logits, x0, scored, weight, mask_id, torch.tensor(1), excluded)
+        total += float(nats)
     return total
 
 
