@@ -132,7 +132,7 @@ def test_stage_writes_outputs_and_runs_under_dvc(fake_project, make_project):
     assert metrics["headline"] == pytest.approx(metrics["oa"]["average"] * 10 / 11)
     assert set(metrics["oa_ci"]) == set(metrics["oa"]) and set(metrics["headline_ci"]) == {"lo", "hi"}
     assert set(metrics["muspy"]) == set(metrics["line"]) == set(metrics["texture"]) == {"generated", "test", "train", "gap"}
-    assert set(metrics["line"]["gap"]) == {"top_pitch_share", "step_share", "repeat_share"}
+    assert set(metrics["line"]["gap"]) == {"top_pitch_share", "step_share", "repeat_share", "new_class_share"}
     assert set(metrics["texture"]["gap"]) == {"voice_steadiness", "thin_share"}
     report = (out / "report.md").read_text()
     assert "| attribute | generated vs test | 95% CI | train vs test (ceiling) | in average |" in report

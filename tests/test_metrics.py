@@ -293,15 +293,18 @@ def test_line_metrics_tell_a_drone_from_a_melody(shared_data):
                          [(t, 480, 48, 90) for t in (0, 480, 960, 1440)]])
     assert top_line(np.array([0, 0, 480, 480, 960, 1440]), np.array([48, 67, 48, 69, 67, 72])).tolist() == [67, 69, 67, 72]
     m = piece_line_metrics(chords)
-    assert m == {"top_pitch_share": 0.5, "step_share": 2 / 3, "repeat_share": 0.0}
+    # Line halves 67 69 | 67 72: of the second half, only 72's class is new.
+    assert m == {"top_pitch_share": 0.5, "step_share": 2 / 3, "repeat_share": 0.0, "new_class_share": 0.5}
     drone = piece_line_metrics(make_score([[(i * 240, 240, 69 if i % 4 else 74, 90) for i in range(16)]]))
     assert drone["top_pitch_share"] == 12 / 16 and drone["repeat_share"] == pytest.approx(8 / 15)
-    assert drone["step_share"] == 0.0
+    assert drone["step_share"] == 0.0 and drone["new_class_share"] == 0.0
     scale = piece_line_metrics(make_score([[(i * 240, 240, p, 90) for i, p in enumerate([60, 62, 64, 65, 67, 69, 71, 72])]]))
-    assert scale == {"top_pitch_share": 1 / 8, "step_share": 1.0, "repeat_share": 0.0}
+    # 60 62 64 65 | 67 69 71 72: the octave (72) repeats a class, the other three are new.
+    assert scale == {"top_pitch_share": 1 / 8, "step_share": 1.0, "repeat_share": 0.0, "new_class_share": 3 / 4}
     assert all(np.isnan(v) for v in piece_line_metrics(make_score([[(0, 480, 60, 90)]])).values())
     song = piece_line_metrics(symusic.Score(str(sorted((shared_data / "pop909").glob("*.mid"))[0])))
     assert song["top_pitch_share"] < 0.3 and song["repeat_share"] < 0.5
+    assert song["new_class_share"] < 0.1  # a pop song's tune stays in its key
 
 
 def test_texture_metrics_tell_held_voices_from_voices_that_come_and_go():

@@ -80,7 +80,8 @@ def markdown_report(result: dict, seconds: float | None = None) -> str:
     if result.get("line"):
         lines += ["", "## Melodic line", "", "The top line (highest pitch per onset): share of notes on the most "
                   "frequent pitch (drones score high), stepwise moves (1-2 semitones) and repeated pitches "
-                  "between successive onsets (smdim/metrics/line.py):", "", *_set_table(result["line"])]
+                  "between successive onsets, and second-half notes whose pitch class the first half never "
+                  "used (a tune leaving its mode; smdim/metrics/line.py):", "", *_set_table(result["line"])]
     texture = result.get("texture")
     if texture:
         counts = ", ".join(f"{s} {texture[s]['voice_steadiness']['n']}" for s in ("generated", "test", "train"))
