@@ -33,12 +33,15 @@ def block_model(block: int, stride: int, kind: str, **kw) -> Denoiser:
 
 # The last block is short wherever L is not a multiple of the block; refine_kernel 11 over 4-token
 # blocks reaches past the block before.
-@pytest.mark.parametrize("block,stride,kind,refine_layers,refine_kernel,L", [
-    (8, 2, "transformer", 1, 9, 28), (8, 4, "mfa", 1, 9, 32), (4, 4, "mfa", 2, 11, 30),
-    (16, 1, "mamba", 1, 3, 40), (8, 2, "mfa2sa", 0, 9, 24)])
+# token_attention adds token-resolution layers whose cached keys are x0's tokens.
+@pytest.mark.parametrize("block,stride,kind,refine_layers,refine_kernel,L,token_attention", [
+    (8, 2, "transformer", 1, 9, 28, 0), (8, 4, "mfa", 1, 9, 32, 0), (4, 4, "mfa", 2, 11, 30, 0),
+    (16, 1, "mamba", 1, 3, 40, 0), (8, 2, "mfa2sa", 0, 9, 24, 0), (8, 4, "transformer", 1, 9, 28, 2),
+    (16, 4, "mfa", 0, 9, 40, 1)])
 def test_one_block_at_a_time_gives_the_whole_window_s_logits(block, stride, kind, refine_layers,
-                                                              refine_kernel, L):
-    net = block_model(block, stride, kind, refine_layers=refine_layers, refine_kernel=refine_kernel)
+                                                              refine_kernel, L, token_attention):
+    net = block_model(block, stride, kind, refine_layers=refine_layers, refine_kernel=refine_kernel,
+                      token_attention=token_attention)
     g = torch.Generator().manual_seed(1)
     x0 = torch.randint(4, V, (2, L), generator=g)
     xt = x0.masked_fill(torch.rand(2, L, generator=g) < 0.5, MASK)
@@ -64,10 +67,12 @@ def test_a_block_must_start_at_a_block_edge_and_fit_in_a_block():
         block_logits(net, BlockCache(pos=4), torch.full((1, 8), MASK))
 
 
-@pytest.mark.parametrize(("kind", "order"), [("mfa", "logprob"), ("transformer", "logprob"),
-                                             ("transformer", "left_to_right")])
-def test_the_block_sampler_draws_the_same_tokens_with_and_without_the_cache(kind, order, monkeypatch):
-    net = WithCollection(block_model(8, 2, kind), torch.tensor([1, 2, 0]))
+@pytest.mark.parametrize(("kind", "order", "token_attention"), [
+    ("mfa", "logprob", 0), ("transformer", "logprob", 0), ("transformer", "left_to_right", 0),
+    ("transformer", "left_to_right", 1)])
+def test_the_block_sampler_draws_the_same_tokens_with_and_without_the_cache(kind, order, token_attention,
+                                                                             monkeypatch):
+    net = WithCollection(block_model(8, 2, kind, token_attention=token_attention), torch.tensor([1, 2, 0]))
     fixed = torch.full((3, 36), -1)
     fixed[:, 10:13] = torch.tensor([7, 8, 9])  # fixed tokens stay, in a block of their own or not
     kw = dict(mask_id=MASK, steps=20, method="confidence", batch_size=3, temperature=0.9, fixed=fixed,

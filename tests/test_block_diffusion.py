@@ -37,11 +37,11 @@ def block_model(block: int = 8, stride: int = 2, kind: str = "transformer", **kw
     return net
 
 
-@pytest.mark.parametrize("block,stride,kind", [(8, 2, "transformer"), (8, 4, "transformer"),
-                                               (4, 4, "transformer"), (16, 1, "transformer"),
-                                               (8, 2, "mfa"), (4, 4, "mfa"), (16, 1, "mamba")])
-def test_a_block_reads_itself_and_the_clean_blocks_before_it_only(block, stride, kind):
-    net = block_model(block, stride, kind)
+@pytest.mark.parametrize("block,stride,kind,token_attention", [
+    (8, 2, "transformer", 0), (8, 4, "transformer", 0), (4, 4, "transformer", 0), (16, 1, "transformer", 0),
+    (8, 2, "mfa", 0), (4, 4, "mfa", 0), (16, 1, "mamba", 0), (8, 4, "transformer", 1), (16, 4, "mfa", 2)])
+def test_a_block_reads_itself_and_the_clean_blocks_before_it_only(block, stride, kind, token_attention):
+    net = block_model(block, stride, kind, token_attention=token_attention)
     g = torch.Generator().manual_seed(1)
     L = 4 * block
     x0 = torch.randint(4, V, (2, L), generator=g)
@@ -131,6 +131,8 @@ def test_config_checks_block_diffusion_s_settings():
                        ({"objective": "autoregressive"}, "objective"), ({"self_cond": True}, "self_cond")]:
         with pytest.raises(SmdimError, match=match):
             build(ModelConfig, {"block_diffusion": 16, **bad}, "model")
+    with pytest.raises(SmdimError, match="token_attention needs model.block_diffusion"):
+        build(ModelConfig, {"token_attention": 1}, "model")
 
 
 def test_its_sampler_is_the_block_order_without_the_corrector():

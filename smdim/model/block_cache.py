@@ -8,6 +8,7 @@ layer by layer:
     attention       keys and values of x0's coarse positions so far   (B, H, P, hd)
     Mamba (causal)  the conv's last d_conv - 1 inputs and the scan's state at the block edge
                     (B, d_inner, d_conv - 1), (B, d_inner, d_state)
+    token attention keys and values of x0's tokens so far                      (B, H, pos, hd)
     refinement      the clean stream's last `left` inputs before the block   (B, left, D)
 
 `block_logits` runs one block of N tokens against it: attention reads P + N/s keys, Mamba scans
@@ -42,6 +43,7 @@ class BlockCache:
     pos: int = 0  # tokens committed; a multiple of the block length
     layers: list[list[dict]] = field(default_factory=list)  # per block, per sublayer: its state
     refine: list[Tensor] = field(default_factory=list)  # per refinement layer: (B, left, D)
+    tokens: list[dict] = field(default_factory=list)  # per token-attention layer: its keys and values
 
 
 def block_logits(net, cache: BlockCache, tokens: Tensor, commit: bool = False) -> Tensor:
@@ -74,6 +76,10 @@ def block_logits(net, cache: BlockCache, tokens: Tensor, commit: bool = False) -
     h = transposed_conv(h, net.up.weight, net.up.bias)[:, :n]  # (B, n, D)
     if cfg.skip:
         h = h + emb
+    if not cache.tokens:
+        cache.tokens = [{} for _ in net.token_attn]
+    for sub, state in zip(net.token_attn, cache.tokens, strict=True):
+        h = h + sub.layer.extend(sub.norm(h), state, keep=commit)  # reads x0's tokens so far
     if not cache.refine:
         cache.refine = [h.new_zeros(B, layer.left, h.shape[-1]) for layer in net.refine]
     for k, layer in enumerate(net.refine):

@@ -49,6 +49,11 @@ class ModelConfig:
     # (smdim.model.block_causal; any block: Mamba runs block-causally, smdim.model.block_mamba);
     # 0 = off, one bidirectional window (SMDIM)
     block_diffusion: int = 0
+    # block diffusion: attention sublayers at token resolution after the transposed conv (before
+    # the refinement layers), block-causal like the coarse ones (x_t's block b reads its own tokens
+    # and x0's tokens before b), so a masked token reads every clean note of the prefix directly
+    # instead of through stride-s summaries; 0 = none
+    token_attention: int = 0
     scan_chunk: int = 32  # chunk of the fallback chunked scan (no C++ compiler, non-CPU); speed only
 
     @property
@@ -77,6 +82,9 @@ class ModelConfig:
             (self.refine_kernel >= 1 and self.refine_kernel % 2 == 1, "refine_kernel must be odd and >= 1"),
             (not (self.self_cond and self.objective == "autoregressive"), "self_cond is for diffusion only"),
             (self.block_diffusion >= 0, "block_diffusion must be >= 0 (0 = off)"),
+            (self.token_attention >= 0, "token_attention must be >= 0 (0 = none)"),
+            (not self.token_attention or self.block_diffusion,
+             "token_attention needs model.block_diffusion (set it, or token_attention: 0)"),
         ]
         if self.block_diffusion:
             checks += [

@@ -9,7 +9,8 @@
       -> LayerNorm -> Linear head (B, L, V)
 
 With `model.block_diffusion: N` the same parts run block diffusion instead (smdim.model.block_causal):
-blocks of N tokens, each reading the clean blocks before it.
+blocks of N tokens, each reading the clean blocks before it; `model.token_attention` adds attention
+sublayers at token resolution there, between the transposed conv and the refinement layers.
 
 The head scores every class including MASK and PAD: the x0-parameterised loss and the samplers
 (smdim.diffusion / smdim.sampling) exclude MASK, so the network stays a plain classifier.
@@ -33,7 +34,7 @@ from torch import Tensor
 
 from smdim.errors import SmdimError
 from smdim.model.block_causal import block_forward
-from smdim.model.blocks import Block
+from smdim.model.blocks import Block, Sublayer
 from smdim.model.config import ModelConfig
 from smdim.model.refine import TokenRefiner
 from smdim.model.strided import strided_conv, transposed_conv
@@ -67,6 +68,8 @@ class Denoiser(nn.Module):
         self.collection_embed = nn.Embedding(cfg.n_collections + 1, D) if cfg.collection_cond else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_blocks))
         self.up = nn.ConvTranspose1d(D, D, kernel_size=s, stride=s)
+        # block diffusion only: token-resolution attention over the clean prefix (block_causal)
+        self.token_attn = nn.ModuleList(Sublayer("a", cfg) for _ in range(cfg.token_attention))
         self.refine = nn.ModuleList(TokenRefiner(D, cfg.refine_kernel, causal=cfg.causal)
                                     for _ in range(cfg.refine_layers))
         # zero at init: a fresh self-conditioned net computes what an unconditioned one does
