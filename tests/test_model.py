@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from smdim.config import build
 from smdim.errors import ConfigError, SmdimError
+from smdim.model.attention import SelfAttention
 from smdim.model.checkpoint import load_checkpoint, save_checkpoint
 from smdim.model.config import BLOCK_TYPES, ModelConfig
 from smdim.model.denoiser import Denoiser
@@ -173,6 +174,37 @@ def test_checkpoint_without_refine_layers_loads_as_none(tmp_path):
     torch.save(payload, tmp_path / "old.pt")
     again, _ = load_checkpoint(tmp_path / "old.pt")
     assert again.cfg.refine_layers == 0 and len(again.refine) == 0
+
+
+def test_attention_dropout_reaches_the_attention_weights_only():
+    """null follows model.dropout (as before the field existed); a number sets the attention
+    weights' dropout apart from the sublayers' output dropout."""
+    def attentions(**kw):
+        net = Denoiser(tiny(block="transformer", **kw)).train()
+        return net, [m for m in net.modules() if isinstance(m, SelfAttention)]
+
+    _, layers = attentions(dropout=0.1)
+    assert layers and all(m.dropout == 0.1 for m in layers)
+    net, layers = attentions(dropout=0.1, attention_dropout=0.0)
+    assert all(m.dropout == 0.0 for m in layers)
+    assert {m.p for m in net.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
+    x = torch.randn(2, 16, 32)
+    torch.manual_seed(0)
+    assert torch.equal(layers[0](x), layers[0](x))  # no dropout inside attention
+    _, layers = attentions(attention_dropout=0.5)
+    assert not torch.equal(layers[0](x), layers[0](x))
+    with pytest.raises(ConfigError, match="model.*attention_dropout"):
+        build(ModelConfig, {"attention_dropout": 1.0}, "model")
+
+
+def test_checkpoint_without_attention_dropout_keeps_dropout_on_attention(tmp_path):
+    model = Denoiser(tiny(block="transformer", dropout=0.1))
+    save_checkpoint(tmp_path / "old.pt", model)
+    payload = torch.load(tmp_path / "old.pt", weights_only=True)
+    del payload["config"]["attention_dropout"]
+    torch.save(payload, tmp_path / "old.pt")
+    again, _ = load_checkpoint(tmp_path / "old.pt")
+    assert again.cfg.attention_dropout is None and again.cfg.attention_weight_dropout == 0.1
 
 
 def test_pad_mask_must_be_right_padding():

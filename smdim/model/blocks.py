@@ -53,7 +53,7 @@ class Sublayer(nn.Module):
         self.kind = kind
         self.norm = nn.LayerNorm(cfg.d_model)
         if kind == "a":
-            self.layer = SelfAttention(cfg.d_model, cfg.n_heads, cfg.dropout, causal=cfg.causal)
+            self.layer = SelfAttention(cfg.d_model, cfg.n_heads, cfg.attention_weight_dropout, causal=cfg.causal)
         elif kind == "f":
             self.layer = FeedForward(cfg.d_model, cfg.ffn_mult)
         else:

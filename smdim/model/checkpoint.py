@@ -62,7 +62,7 @@ def read_payload(path: Path, map_location: str) -> Any:
 # ModelConfig fields newer than some checkpoints, with what their absence means (the layer did not
 # exist yet), so a newer default never changes an older model's architecture.
 ABSENT_MEANS = {"refine_layers": 0, "collection_cond": False, "self_cond": False, "block_diffusion": 0,
-                "token_attention": 0}
+                "token_attention": 0, "attention_dropout": None}
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> tuple[Denoiser, dict]:

@@ -28,6 +28,10 @@ class ModelConfig:
     bidirectional: bool = True  # diffusion: forward + reversed scan summed (autoregressive: always causal)
     ffn_mult: int = 4  # FFN hidden width = ffn_mult * d_model
     dropout: float = 0.0  # dropout after attention, FFN and Mamba sublayers, in [0, 1)
+    # dropout on the attention weights, in [0, 1); null = `dropout`. On CPU a nonzero value sends
+    # scaled_dot_product_attention to its unfused path, which costs 21-35% of an hour preset's
+    # attention-block step (fortieth round of docs/sampling_study.md)
+    attention_dropout: float | None = None
     skip: bool = True  # add the token embedding to the upsampled features (keeps token identity)
     time_cond: bool = False  # diffusion: add an embedding of t; off keeps the sampler's cache valid
     # a learned vector per collection (embedded/han1, embedded/chorales, pop909, ...)
@@ -57,6 +61,11 @@ class ModelConfig:
     scan_chunk: int = 32  # chunk of the fallback chunked scan (no C++ compiler, non-CPU); speed only
 
     @property
+    def attention_weight_dropout(self) -> float:
+        """The dropout probability on attention weights that `attention_dropout` resolves to."""
+        return self.dropout if self.attention_dropout is None else self.attention_dropout
+
+    @property
     def causal(self) -> bool:
         """Whether every output may only depend on the tokens at and before its position."""
         return self.objective == "autoregressive"
@@ -76,6 +85,8 @@ class ModelConfig:
             (self.expand >= 1, "expand must be >= 1"),
             (self.ffn_mult >= 1, "ffn_mult must be >= 1"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+            (self.attention_dropout is None or 0.0 <= self.attention_dropout < 1.0,
+             "attention_dropout must be in [0, 1) or null (= dropout)"),
             (self.scan_chunk >= 2, "scan_chunk must be >= 2"),
             (self.n_collections >= 0, "n_collections must be >= 0"),
             (self.refine_layers >= 0, "refine_layers must be >= 0"),
